@@ -1,0 +1,129 @@
+"""Download a model from the Hugging Face hub with the standard library, into a local cache.
+
+    folder = resolve("Qwen/Qwen2.5-0.5B")   # or a local folder, returned as it is
+
+Environment:
+    HF_ENDPOINT      base URL (default https://huggingface.co); a mirror or a test server
+    HF_TOKEN         sent as a bearer token, for gated models
+    HF_HUB_OFFLINE   1: use the cache only, never the network
+    GIRL_CACHE       cache root (default ~/.cache/girl)
+
+Files are written to `name.part` first and renamed when complete; an interrupted download resumes
+from the .part file with an HTTP Range request. A model whose files are all cached needs no network.
+"""
+
+import http.client
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REQUIRED = ["config.json"]
+OPTIONAL = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+CHUNK = 1 << 20
+
+
+class HubError(RuntimeError):
+    """A download that failed; the message names the URL and what to do."""
+
+
+def resolve(name_or_path, revision: str = "main") -> Path:
+    """A local folder as it is; otherwise a hub id, downloaded (or found in the cache) as a folder."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or not HUB_ID.match(name) or name.startswith(".") or name.count("/") > 1:
+        raise HubError(f"{name}: not a folder, and not a hub id like 'Qwen/Qwen2.5-0.5B'")
+    return download(name, revision)
+
+
+def cache_dir(repo_id: str, revision: str = "main") -> Path:
+    root = Path(os.environ.get("GIRL_CACHE") or Path.home() / ".cache" / "girl")
+    return root / "hub" / repo_id.replace("/", "--") / revision
+
+
+def download(repo_id: str, revision: str = "main") -> Path:
+    """Fetch config, tokenizer files and safetensors weights (following a shard index) of `repo_id`."""
+    folder = cache_dir(repo_id, revision)
+    folder.mkdir(parents=True, exist_ok=True)
+    absent_file = folder / ".absent.json"  # optional files the hub does not have, so offline use is quiet
+    absent = set(json.loads(absent_file.read_text())) if absent_file.is_file() else set()
+
+    def get(filename: str, required: bool) -> bool:
+        if (folder / filename).is_file():
+            return True
+        if filename in absent and not required:
+            return False
+        url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/{repo_id}/resolve/{revision}/{filename}"
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            if required:
+                raise HubError(f"{repo_id}: {filename} is not in the cache {folder} and HF_HUB_OFFLINE is set")
+            return False
+        found = fetch(url, folder / filename)
+        if not found:
+            if required:
+                raise HubError(f"{url}: not found (404). Check the model id and revision.")
+            absent.add(filename)
+            absent_file.write_text(json.dumps(sorted(absent)))
+        return found
+
+    for f in REQUIRED:
+        get(f, required=True)
+    for f in OPTIONAL:
+        get(f, required=False)
+    if get("model.safetensors.index.json", required=False):
+        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        for shard in sorted(set(index["weight_map"].values())):
+            get(shard, required=True)
+    elif not get("model.safetensors", required=False):
+        raise HubError(
+            f"{repo_id}: has neither model.safetensors nor model.safetensors.index.json; only safetensors "
+            "weights are loaded (pickled .bin files can run code)"
+        )
+    return folder
+
+
+def fetch(url: str, dest: Path) -> bool:
+    """Download url to dest through dest.part, resuming a partial .part. False if the server says 404."""
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "girl"}
+    if token := os.environ.get("HF_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        if e.code == 416 and have:  # nothing left to send: the .part is already whole
+            os.replace(part, dest)
+            return True
+        hint = " The model may be gated: accept its license on the hub and set HF_TOKEN." if e.code in (401, 403) else ""
+        raise HubError(f"{url}: HTTP {e.code} {e.reason}.{hint}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise HubError(f"{url}: cannot connect ({e}). Set HF_ENDPOINT for a mirror, or HF_HUB_OFFLINE=1 "
+                       "to use the cache only.") from None
+    with response:
+        if response.status != 206:  # the server ignored our Range: start again
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        print(f"downloading {url} ({'resuming at %d bytes, ' % have if have else ''}"
+              f"{total if total is not None else '?'} bytes)", file=sys.stderr)
+        with open(part, "ab" if have else "wb") as f:
+            try:
+                while chunk := response.read(CHUNK):
+                    f.write(chunk)
+            except (OSError, http.client.HTTPException) as e:
+                raise HubError(f"{url}: interrupted ({e}); run again to resume from {part}") from None
+    if total is not None and part.stat().st_size != total:
+        raise HubError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to resume from {part}")
+    os.replace(part, dest)
+    return True

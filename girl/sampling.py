@@ -1,0 +1,110 @@
+"""Batched autoregressive sampling with a KV cache: how G writes J′ for a batch of CVs.
+
+    out = generate(model, prompts, max_new_tokens=128, eos_id=tok.eos_id, temperature=0.7)
+    out.tokens, out.logprobs, out.mask     # each [B, N]
+
+Prompts are left-padded so that every sequence's next token is sampled at the same column; positions
+count real tokens only, so a padded prompt sees exactly what it would see alone. `logprobs` are
+log softmax(logits / temperature) at the chosen tokens, before top-k/top-p filtering: the policy
+π(a|s) that PPO differentiates (the filters only decide which actions get explored).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from girl.model import KVCache, Transformer
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # [B, N] new tokens; pad_id after a sequence's EOS
+    logprobs: torch.Tensor  # [B, N] log π(token) under the sampling temperature; 0 where mask is False
+    mask: torch.Tensor  # [B, N] True for generated tokens, up to and including EOS
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device=None):
+    """input_ids and attention_mask [B, max_len] with each prompt flush right."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
+    """Pick one token per row of logits [B, V]; return it and its log-prob under softmax(logits / T)."""
+    logits = logits.float() / temperature
+    logprobs = F.log_softmax(logits, dim=-1)
+    if greedy:
+        token = logits.argmax(dim=-1)
+    else:
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            # keep the smallest set of most likely tokens whose probability reaches top_p
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            drop = probs.cumsum(dim=-1) - probs >= top_p  # mass before this token already suffices
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Continue each prompt until it emits eos_id or max_new_tokens are written.
+
+    pad_id fills `tokens` after a sequence's EOS. logprobs are under softmax(logits / temperature)
+    (temperature 1 when greedy).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (start with BOS if there is no text)")
+    if temperature <= 0 and not greedy:
+        raise ValueError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
+    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_k must be >= 1 and top_p in (0, 1] (got {top_k}, {top_p})")
+    temperature = temperature if temperature > 0 else 1.0
+    device = next(model.parameters()).device
+    ids, attention_mask = left_pad(prompts, 0, device)  # any valid id: padding is masked out
+    B, P = ids.shape
+    if P + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's "
+                         f"max_seq_len {model.config.max_seq_len}; shorten the prompt or ask for fewer tokens")
+    cache = KVCache(model.config, B, P + max_new_tokens, device, next(model.parameters()).dtype)
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((B, max_new_tokens), device=device)
+    mask = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+    logits = model(ids, attention_mask=attention_mask, cache=cache)[:, -1]
+    for t in range(max_new_tokens):
+        token, logprob = sample_next(logits, temperature, top_k, top_p, greedy, generator)
+        alive = ~done
+        tokens[:, t] = torch.where(alive, token, pad_id)
+        logprobs[:, t] = torch.where(alive, logprob, 0.0)
+        mask[:, t] = alive
+        if eos_id is not None:
+            done = done | (token == eos_id)
+        if done.all() or t == max_new_tokens - 1:
+            return Generation(tokens[:, : t + 1], logprobs[:, : t + 1], mask[:, : t + 1])
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        # finished rows go on with their sampled token (pad_id need not be a valid id); nobody reads them
+        logits = model(token[:, None], attention_mask=attention_mask, cache=cache)[:, -1]
+    return Generation(tokens, logprobs, mask)  # max_new_tokens == 0

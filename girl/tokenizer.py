@@ -1,0 +1,101 @@
+"""Text <-> token ids through a Hugging Face tokenizer.json, read by the `tokenizers` package.
+
+Special tokens are never added behind the caller's back: `encode` returns the text's tokens alone and
+the prompt template decides where BOS and EOS go, the same way for every family.
+"""
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from girl import hub
+from girl.checkpoint import CheckpointError, write_json
+
+
+def _token_text(value):
+    # tokenizer_config.json writes a special token either as a string or as {"content": ..., ...}
+    return value.get("content") if isinstance(value, dict) else value
+
+
+class Tokenizer:
+    def __init__(self, tokenizer: HFTokenizer, bos_token=None, eos_token=None, pad_token=None):
+        self.tk = tokenizer
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        for role, token in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
+            if token is not None and tokenizer.token_to_id(token) is None:
+                raise CheckpointError(f"{role} token {token!r} is not in the tokenizer's vocabulary")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path) -> "Tokenizer":
+        folder = hub.resolve(name_or_path)
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: no tokenizer.json; save one with tokenizers' Tokenizer.save()")
+        try:
+            tk = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise CheckpointError(f"{path}: cannot be read as a tokenizer ({e})") from None
+        special = {}
+        config = folder / "tokenizer_config.json"
+        if config.is_file():
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+            special = {k: _token_text(cfg.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
+        model_config = folder / "config.json"
+        if model_config.is_file():  # e.g. gpt2 names its special tokens only by id, in config.json
+            ids = json.loads(model_config.read_text(encoding="utf-8"))
+            for k in ("bos", "eos", "pad"):
+                i = ids.get(f"{k}_token_id")
+                i = i[0] if isinstance(i, list) and i else i
+                if special.get(k) is None and isinstance(i, int):
+                    special[k] = tk.id_to_token(i)
+        return cls(tk, special.get("bos"), special.get("eos"), special.get("pad"))
+
+    def save_pretrained(self, out_dir):
+        """tokenizer.json + tokenizer_config.json, which transformers' AutoTokenizer also reads."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".tokenizer.json.tmp"
+        self.tk.save(str(tmp))
+        tmp.replace(out / "tokenizer.json")
+        write_json(out / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token,
+        })
+
+    def _id(self, token):
+        return None if token is None else self.tk.token_to_id(token)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._id(self.pad_token)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tk.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.tk.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def check_fits(self, config, where: str = "the model"):
+        """Every id the tokenizer can produce must index the model's embedding table (it may be larger)."""
+        largest = max(self.tk.get_vocab(with_added_tokens=True).values())
+        if largest >= config.vocab_size:
+            raise CheckpointError(
+                f"tokenizer produces ids up to {largest}, but {where} has only {config.vocab_size} embeddings: "
+                "the tokenizer does not belong to this model; load both from the same folder"
+            )

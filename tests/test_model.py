@@ -1,0 +1,232 @@
+"""The transformer agrees with Hugging Face's reference on tiny random models of every family it claims,
+and its checkpoint loader says clearly what is wrong with a bad folder."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from girl.checkpoint import CheckpointError, atomic_dir
+from girl.model import Transformer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAMILIES = ["llama", "qwen2", "gpt2"]
+# float32 logits of a 2-layer model: rounding differences are ~1e-7; a real bug is O(0.1)
+ATOL = 1e-4
+
+
+def reference(family):
+    return load_file(str(FIXTURES / f"tiny-{family}" / "reference_logits.safetensors"))
+
+
+def copy_fixture(family, tmp_path) -> Path:
+    dest = tmp_path / family
+    shutil.copytree(FIXTURES / f"tiny-{family}", dest)
+    (dest / "reference_logits.safetensors").unlink()
+    return dest
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(family):
+    ref = reference(family)
+    model = Transformer.from_pretrained(FIXTURES / f"tiny-{family}")
+    with torch.no_grad():
+        logits = model(ref["input_ids"])
+    assert logits.shape == ref["logits"].shape
+    assert (logits - ref["logits"]).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_logits_match_transformers(family, side):
+    ref = reference(family)
+    mask = ref[f"{side}_mask"]
+    model = Transformer.from_pretrained(FIXTURES / f"tiny-{family}")
+    with torch.no_grad():
+        logits = model(ref["input_ids"], attention_mask=mask)
+    assert torch.isfinite(logits).all()  # padding queries must not produce NaN
+    real = mask.bool()
+    assert (logits[real] - ref[f"{side}_logits"][real]).abs().max().item() <= ATOL
+
+
+def test_left_padded_row_equals_the_row_alone():
+    ref = reference("llama")
+    model = Transformer.from_pretrained(FIXTURES / "tiny-llama")
+    mask = ref["left_mask"]
+    with torch.no_grad():
+        batch = model(ref["input_ids"], attention_mask=mask)
+        for i in range(len(mask)):
+            real = mask[i].bool()
+            alone = model(ref["input_ids"][i : i + 1, real])[0]
+            assert (batch[i, real] - alone).abs().max().item() <= 1e-5
+
+
+def test_families_differ_as_documented():
+    llama, qwen2, gpt2 = (Transformer.from_pretrained(FIXTURES / f"tiny-{f}") for f in FAMILIES)
+    assert llama.lm_head.weight is not llama.tok_emb.weight  # untied
+    assert qwen2.lm_head.weight is qwen2.tok_emb.weight and gpt2.lm_head.weight is gpt2.tok_emb.weight
+    assert llama.config.n_kv_heads < llama.config.n_heads  # the fixture exercises GQA
+    assert qwen2.layers[0].attn.q.bias is not None and qwen2.layers[0].attn.o.bias is None
+    assert llama.layers[0].attn.q.bias is None and gpt2.layers[0].mlp.gate is None
+    assert gpt2.pos_emb is not None and llama.pos_emb is None
+
+
+def test_default_dtype_and_explicit_dtype():
+    model = Transformer.from_pretrained(FIXTURES / "tiny-qwen2")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    half = Transformer.from_pretrained(FIXTURES / "tiny-qwen2", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.lm_head.weight is half.tok_emb.weight
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_pretrained_round_trip(family, tmp_path):
+    src = FIXTURES / f"tiny-{family}"
+    model = Transformer.from_pretrained(src)
+    with atomic_dir(tmp_path / "out") as out:
+        model.save_pretrained(out)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    with safe_open(str(src / "model.safetensors"), "pt") as a, safe_open(str(out / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())  # the same Hugging Face names
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
+    ref = reference(family)
+    again = Transformer.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.equal(model(ref["input_ids"]), again(ref["input_ids"]))
+
+
+def test_sharded_checkpoint(tmp_path):
+    folder = copy_fixture("llama", tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    weight_map = {}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / shard))
+        weight_map |= {k: shard for k in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    ref = reference("llama")
+    with torch.no_grad():
+        logits = Transformer.from_pretrained(folder)(ref["input_ids"])
+    assert (logits - ref["logits"]).abs().max().item() <= ATOL
+
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
+        Transformer.from_pretrained(folder)
+
+
+def test_openai_gpt2_layout(tmp_path):
+    """The original gpt2 checkpoints have no "transformer." prefix and carry causal-mask buffers."""
+    folder = copy_fixture("gpt2", tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    renamed = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    renamed["h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
+    save_file(renamed, str(folder / "model.safetensors"))
+    ref = reference("gpt2")
+    with torch.no_grad():
+        logits = Transformer.from_pretrained(folder)(ref["input_ids"])
+    assert (logits - ref["logits"]).abs().max().item() <= ATOL
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def edit_config(folder, **changes):
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))
+
+
+def edit_tensors(folder, fn):
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    fn(tensors)
+    save_file(tensors, str(path))
+
+
+def test_unknown_model_type(tmp_path):
+    folder = copy_fixture("llama", tmp_path)
+    edit_config(folder, model_type="mamba")
+    with pytest.raises(CheckpointError, match=r"config.json: model_type 'mamba' is not supported.*gpt2, llama, qwen2"):
+        Transformer.from_pretrained(folder)
+
+
+def test_unsupported_option(tmp_path):
+    folder = copy_fixture("llama", tmp_path)
+    edit_config(folder, rope_scaling={"rope_type": "llama3", "factor": 8.0}, rope_parameters=None)
+    with pytest.raises(CheckpointError, match="RoPE scaling 'llama3' is not supported"):
+        Transformer.from_pretrained(folder)
+
+
+def test_missing_config(tmp_path):
+    folder = copy_fixture("llama", tmp_path)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=f"{folder}: no config.json"):
+        Transformer.from_pretrained(folder)
+
+
+def test_missing_config_field(tmp_path):
+    folder = copy_fixture("llama", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["hidden_size"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="config.json: required field 'hidden_size' is missing"):
+        Transformer.from_pretrained(folder)
+
+
+def test_missing_and_unexpected_tensors_are_listed(tmp_path):
+    folder = copy_fixture("llama", tmp_path)
+
+    def damage(t):
+        del t["model.layers.1.mlp.up_proj.weight"]
+        t["model.layers.2.mlp.up_proj.weight"] = torch.zeros(1)
+
+    edit_tensors(folder, damage)
+    with pytest.raises(CheckpointError) as e:
+        Transformer.from_pretrained(folder)
+    assert "missing 1: model.layers.1.mlp.up_proj.weight" in str(e.value)
+    assert "unexpected 1: model.layers.2.mlp.up_proj.weight" in str(e.value)
+
+
+def test_shape_mismatch_names_tensor_and_file(tmp_path):
+    folder = copy_fixture("qwen2", tmp_path)
+    edit_config(folder, intermediate_size=48)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor model.layers.0.mlp.gate_proj.weight has "
+                                              r"shape \(64, 32\), but config.json implies \(48, 32\)"):
+        Transformer.from_pretrained(folder)
+
+
+def test_gpt2_shape_mismatch_reported_in_stored_layout(tmp_path):
+    folder = copy_fixture("gpt2", tmp_path)
+    edit_config(folder, n_inner=48)
+    with pytest.raises(CheckpointError, match=r"tensor transformer.h.0.mlp.c_fc.weight has shape \(32, 128\), "
+                                              r"but config.json implies \(32, 48\)"):
+        Transformer.from_pretrained(folder)
+
+
+def test_pickles_are_refused(tmp_path):
+    folder = copy_fixture("llama", tmp_path)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: pickles are never loaded"):
+        Transformer.from_pretrained(folder)
+
+
+def test_atomic_dir_keeps_old_checkpoint_on_crash(tmp_path):
+    model = Transformer.from_pretrained(FIXTURES / "tiny-llama")
+    with atomic_dir(tmp_path / "ckpt") as out:
+        model.save_pretrained(out)
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "ckpt") as out:
+            (out / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folders left behind

@@ -1,0 +1,128 @@
+"""The KV-cache engine returns what recomputing the whole sequence would, for each prompt of a padded batch."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from girl.model import Transformer
+from girl.sampling import generate, left_pad, sample_next
+from stories260k import BOS, load_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# real tokens from stories260K's vocabulary; lengths differ so the batch needs padding
+PROMPTS = [[BOS, 403, 407, 261, 356, 271], [BOS, 66], [BOS, 300, 288, 280, 301]]
+
+
+@pytest.fixture(scope="module")
+def stories():
+    return load_model(FIXTURES / "stories260K" / "stories260K.bin")
+
+
+def recompute_logprobs(model, prompt, new_tokens, temperature):
+    """log softmax(logits / T) of each new token, from one forward pass over prompt + new tokens, and the
+    float32 tolerance to compare them with: a log-prob is a difference of scaled logits, so it carries
+    ~1e-5 of their magnitude as rounding (the cached pass sums attention in another order)."""
+    ids = torch.tensor([prompt + new_tokens])
+    with torch.no_grad():
+        logits = model(ids)[0, len(prompt) - 1 : -1].float() / temperature
+    logprobs = F.log_softmax(logits, -1).gather(-1, torch.tensor(new_tokens)[:, None]).squeeze(-1)
+    return logprobs, 1e-5 * logits.abs().max().item()
+
+
+@pytest.mark.parametrize("settings", [
+    dict(greedy=True),
+    dict(temperature=0.7),
+    dict(temperature=1.3, top_k=20),
+    dict(temperature=1.0, top_p=0.9),
+])
+def test_cached_batch_equals_recompute(stories, settings):
+    g = torch.Generator().manual_seed(0)
+    out = generate(stories, PROMPTS, max_new_tokens=40, eos_id=2, generator=g, **settings)
+    temperature = settings.get("temperature", 1.0)
+    for i, prompt in enumerate(PROMPTS):
+        new = out.tokens[i][out.mask[i]].tolist()
+        assert len(new) > 0
+        expected, tol = recompute_logprobs(stories, prompt, new, temperature)
+        got = out.logprobs[i][out.mask[i]]
+        assert (got - expected).abs().max().item() <= tol
+        if settings.get("greedy"):  # each token is the argmax of the recomputed distribution
+            ids = torch.tensor([prompt + new])
+            with torch.no_grad():
+                argmax = stories(ids)[0, len(prompt) - 1 : -1].argmax(-1)
+            assert argmax.tolist() == new
+
+
+def test_left_padded_batch_equals_each_prompt_alone(stories):
+    batch = generate(stories, PROMPTS, max_new_tokens=60, eos_id=2, greedy=True)
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate(stories, [prompt], max_new_tokens=60, eos_id=2, greedy=True)
+        n = int(alone.mask[0].sum())
+        assert batch.tokens[i][batch.mask[i]].tolist() == alone.tokens[0, :n].tolist()
+        _, tol = recompute_logprobs(stories, prompt, alone.tokens[0, :n].tolist(), 1.0)
+        assert (batch.logprobs[i][batch.mask[i]] - alone.logprobs[0, :n]).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_each_family_cached_equals_recompute(family):
+    model = Transformer.from_pretrained(FIXTURES / f"tiny-{family}")
+    prompts = [[5, 17, 3, 60, 2], [9], [40, 41, 42]]
+    g = torch.Generator().manual_seed(1)
+    out = generate(model, prompts, max_new_tokens=20, temperature=0.9, generator=g)
+    assert out.mask.all()  # no eos_id: every sequence runs to max_new_tokens
+    for i, prompt in enumerate(prompts):
+        expected, tol = recompute_logprobs(model, prompt, out.tokens[i].tolist(), 0.9)
+        assert (out.logprobs[i] - expected).abs().max().item() <= tol
+
+
+def test_each_sequence_stops_at_its_own_eos():
+    torch.manual_seed(0)
+    model = Transformer.from_pretrained(FIXTURES / "tiny-llama")
+    # find the first greedy token of prompt 0 and declare it EOS: prompt 0 stops at once, others go on
+    first = generate(model, [[1, 2, 3]], max_new_tokens=1, greedy=True).tokens[0, 0].item()
+    out = generate(model, [[1, 2, 3], [50, 51]], max_new_tokens=8, eos_id=first, pad_id=-1, greedy=True)
+    assert out.tokens[0, 0] == first and out.mask[0].tolist() == [True] + [False] * (out.mask.shape[1] - 1)
+    assert (out.tokens[0, 1:] == -1).all() and (out.logprobs[0, 1:] == 0).all()
+    assert out.mask[1, 0]
+
+
+def test_generation_stops_when_all_are_done(stories):
+    out = generate(stories, [[BOS]], max_new_tokens=500 - 1, eos_id=BOS, greedy=True)
+    assert out.tokens.shape[1] < 499  # stories260K ends its story with BOS long before that
+    assert out.tokens[0, -1] == BOS and out.mask[0].all()
+
+
+def test_sample_next_filters():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0]])
+    token, logprob = sample_next(logits, greedy=True)
+    assert token.item() == 1
+    assert logprob.item() == pytest.approx(F.log_softmax(logits, -1)[0, 1].item(), abs=1e-6)
+
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, top_k=2, generator=g)[0].item() for _ in range(300)}
+    assert draws == {1, 3}  # only the two largest logits survive top-k=2
+
+    # probs at T=1, sorted: .64 (id 1), .24 (id 3), .09 (id 2), ... top_p=.8 needs ids 1 and 3 only
+    draws = {sample_next(logits, top_p=0.8, generator=g)[0].item() for _ in range(300)}
+    assert draws == {1, 3}
+
+    # the returned log-prob is under the temperature-scaled, unfiltered distribution
+    token, logprob = sample_next(logits, temperature=2.0, top_k=1, generator=g)
+    assert token.item() == 1
+    assert logprob.item() == pytest.approx(F.log_softmax(logits / 2.0, -1)[0, 1].item(), abs=1e-6)
+
+
+def test_left_pad():
+    ids, mask = left_pad([[7, 8, 9], [5]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 5]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_bad_arguments(stories):
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(stories, [[BOS], []], max_new_tokens=4)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        generate(stories, [[BOS]], max_new_tokens=4, temperature=0)
+    with pytest.raises(ValueError, match="exceed the model's max_seq_len 512"):
+        generate(stories, [[BOS] * 500], max_new_tokens=20)
