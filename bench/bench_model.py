@@ -1,0 +1,122 @@
+"""Benchmark girl's transformer against Hugging Face transformers, and KV-cache against no-cache decoding.
+
+    pip install transformers && python bench/bench_model.py            # CPU, float32
+    python bench/bench_model.py --device cuda --dtype bfloat16          # GPU
+
+Both models get the same random weights of a public model's shape (--shape: GPT-2 small, 124M, or
+Qwen2.5-0.5B, 494M): transformers builds them, girl loads the saved folder, and the script checks that
+their logits agree before timing anything.
+Prints a Markdown table; numbers are medians over --repeats runs after one warm-up.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from girl.model import Transformer  # noqa: E402
+from girl.sampling import generate  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--shape", default="gpt2-small", choices=["gpt2-small", "qwen2.5-0.5b"],
+                    help="architecture and size of the random model")
+parser.add_argument("--device", default="cpu", help="cpu or cuda")
+parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (bfloat16 is slow on most CPUs)")
+parser.add_argument("--batch", type=int, default=1, help="sequences per forward pass")
+parser.add_argument("--seq", type=int, default=256, help="tokens per sequence in the forward benchmark")
+parser.add_argument("--prompt", type=int, default=16, help="prompt tokens in the decoding benchmark")
+parser.add_argument("--new-tokens", type=int, default=128, help="tokens to decode")
+parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+args = parser.parse_args()
+device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+
+def timed(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+try:
+    import transformers
+except ImportError:
+    transformers = None
+    print("transformers is not installed: timing girl alone", file=sys.stderr)
+
+SHAPES = {  # the public configs' sizes, as config.json dicts
+    "gpt2-small": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, rope_theta=1e6,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True),
+}
+torch.manual_seed(0)
+with tempfile.TemporaryDirectory() as tmp:
+    if transformers is not None:
+        hf_config = transformers.AutoConfig.for_model(**SHAPES[args.shape])
+        hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+        hf.save_pretrained(tmp)
+        hf = hf.to(device=device, dtype=dtype)
+    else:
+        from girl.checkpoint import config_from_hf
+
+        Transformer(config_from_hf(SHAPES[args.shape])).save_pretrained(tmp)
+    ours = Transformer.from_pretrained(tmp, dtype=dtype, device=device)
+vocab = ours.config.vocab_size
+
+ids = torch.randint(0, vocab, (args.batch, args.seq), device=device)
+rows = []
+with torch.inference_mode():
+    ours_logits = ours(ids)
+    t = timed(lambda: ours(ids), args.repeats)
+    rows.append(("forward, girl", t, args.batch * args.seq / t))
+    if transformers is not None:
+        hf_logits = hf(ids).logits
+        err = (ours_logits.float() - hf_logits.float()).abs().max().item()
+        print(f"max |Δlogit| girl vs transformers: {err:.2e} ({args.dtype})", file=sys.stderr)
+        t = timed(lambda: hf(ids).logits, args.repeats)
+        rows.append(("forward, transformers", t, args.batch * args.seq / t))
+
+    prompt = torch.randint(0, vocab, (1, args.prompt), device=device)
+    n = args.new_tokens
+
+    def no_cache():
+        seq = prompt
+        for _ in range(n):
+            seq = torch.cat([seq, ours(seq)[:, -1:].argmax(-1)], dim=1)
+        return seq[0, args.prompt:]
+
+    def cached():
+        return generate(ours, [prompt[0].tolist()], max_new_tokens=n, greedy=True).tokens[0]
+
+    same = torch.equal(no_cache(), cached())
+    print(f"KV-cache and no-cache decoding give the same {n} tokens: {same}", file=sys.stderr)
+    repeats = max(1, args.repeats // 2)
+    t = timed(no_cache, repeats)
+    rows.append((f"decode {n} tokens, no cache (girl)", t, n / t))
+    t = timed(cached, repeats)
+    rows.append((f"decode {n} tokens, KV cache (girl)", t, n / t))
+    if transformers is not None:
+        t = timed(lambda: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                      pad_token_id=0), repeats)
+        rows.append((f"decode {n} tokens, KV cache (transformers.generate)", t, n / t))
+
+name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+print(f"\n{args.shape} shape ({ours.num_parameters() / 1e6:.0f}M), {args.dtype}, {name}, torch {torch.__version__}"
+      + (f", transformers {transformers.__version__}" if transformers else ""))
+print(f"forward: batch {args.batch} x {args.seq} tokens; decode: batch 1, prompt {args.prompt}, greedy\n")
+print("| measurement | median seconds | tokens/s |\n|---|---:|---:|")
+for what, seconds, rate in rows:
+    print(f"| {what} | {seconds:.3f} | {rate:,.0f} |")
