@@ -30,6 +30,7 @@ parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (bfl
 parser.add_argument("--batch", type=int, default=1, help="sequences per forward pass")
 parser.add_argument("--seq", type=int, default=256, help="tokens per sequence in the forward benchmark")
 parser.add_argument("--prompt", type=int, default=16, help="prompt tokens in the decoding benchmark")
+parser.add_argument("--decode-batch", type=int, default=1, help="sequences decoded at once")
 parser.add_argument("--new-tokens", type=int, default=128, help="tokens to decode")
 parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
 args = parser.parse_args()
@@ -66,9 +67,12 @@ torch.manual_seed(0)
 with tempfile.TemporaryDirectory() as tmp:
     if transformers is not None:
         hf_config = transformers.AutoConfig.for_model(**SHAPES[args.shape])
-        hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
-        hf.save_pretrained(tmp)
-        hf = hf.to(device=device, dtype=dtype)
+        transformers.AutoModelForCausalLM.from_config(hf_config).save_pretrained(tmp)
+        # load with dtype= rather than .to(dtype): .to() would also round transformers' float32 RoPE
+        # frequencies (inv_freq) to bfloat16, and .float() afterwards does not bring them back
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()
+        if dtype != torch.float32:
+            exact_model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(device)
     else:
         from girl.checkpoint import config_from_hf
 
@@ -86,37 +90,43 @@ with torch.inference_mode():
         hf_logits = hf(ids).logits
         err = (ours_logits.float() - hf_logits.float()).abs().max().item()
         print(f"max |Δlogit| girl vs transformers: {err:.2e} ({args.dtype})", file=sys.stderr)
+        if dtype != torch.float32:  # how far is each from the exact (float32) answer?
+            exact = exact_model(ids).logits
+            del exact_model
+            print(f"max |Δlogit| vs float32 transformers: girl {(ours_logits.float() - exact).abs().max().item():.2e}, "
+                  f"transformers {(hf_logits.float() - exact).abs().max().item():.2e} "
+                  f"(logits span ±{exact.abs().max().item():.1f})", file=sys.stderr)
         t = timed(lambda: hf(ids).logits, args.repeats)
         rows.append(("forward, transformers", t, args.batch * args.seq / t))
 
-    prompt = torch.randint(0, vocab, (1, args.prompt), device=device)
-    n = args.new_tokens
+    prompt = torch.randint(0, vocab, (args.decode_batch, args.prompt), device=device)
+    n, tokens = args.new_tokens, args.new_tokens * args.decode_batch
 
     def no_cache():
         seq = prompt
         for _ in range(n):
             seq = torch.cat([seq, ours(seq)[:, -1:].argmax(-1)], dim=1)
-        return seq[0, args.prompt:]
+        return seq[:, args.prompt:]
 
     def cached():
-        return generate(ours, [prompt[0].tolist()], max_new_tokens=n, greedy=True).tokens[0]
+        return generate(ours, prompt.tolist(), max_new_tokens=n, greedy=True).tokens
 
     same = torch.equal(no_cache(), cached())
     print(f"KV-cache and no-cache decoding give the same {n} tokens: {same}", file=sys.stderr)
     repeats = max(1, args.repeats // 2)
     t = timed(no_cache, repeats)
-    rows.append((f"decode {n} tokens, no cache (girl)", t, n / t))
+    rows.append((f"decode {n} tokens, no cache (girl)", t, tokens / t))
     t = timed(cached, repeats)
-    rows.append((f"decode {n} tokens, KV cache (girl)", t, n / t))
+    rows.append((f"decode {n} tokens, KV cache (girl)", t, tokens / t))
     if transformers is not None:
         t = timed(lambda: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                       pad_token_id=0), repeats)
-        rows.append((f"decode {n} tokens, KV cache (transformers.generate)", t, n / t))
+        rows.append((f"decode {n} tokens, KV cache (transformers.generate)", t, tokens / t))
 
 name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 print(f"\n{args.shape} shape ({ours.num_parameters() / 1e6:.0f}M), {args.dtype}, {name}, torch {torch.__version__}"
       + (f", transformers {transformers.__version__}" if transformers else ""))
-print(f"forward: batch {args.batch} x {args.seq} tokens; decode: batch 1, prompt {args.prompt}, greedy\n")
+print(f"forward: batch {args.batch} x {args.seq} tokens; decode: batch {args.decode_batch}, prompt {args.prompt}, greedy\n")
 print("| measurement | median seconds | tokens/s |\n|---|---:|---:|")
 for what, seconds, rate in rows:
     print(f"| {what} | {seconds:.3f} | {rate:,.0f} |")

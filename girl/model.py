@@ -72,7 +72,11 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
-    """cos and sin of the rotary angles pos · θ^(-2i/d), each [B, 1, T, head_dim] to broadcast over heads."""
+    """cos and sin of the rotary angles pos · θ^(-2i/d), each [B, 1, T, head_dim] to broadcast over heads.
+
+    Computed from θ in float32 on every call rather than kept in a buffer: model.to(bfloat16) would round
+    a buffer of frequencies too, turning the angles at position 1000 wrong by whole radians.
+    """
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
     angles = position_ids[..., None].float() * inv_freq  # [B, T, head_dim/2]
     angles = torch.cat((angles, angles), dim=-1)

@@ -19,12 +19,13 @@ def _token_text(value):
 
 
 class Tokenizer:
-    def __init__(self, tokenizer: HFTokenizer, bos_token=None, eos_token=None, pad_token=None):
+    def __init__(self, tokenizer: HFTokenizer, bos_token=None, eos_token=None, pad_token=None, source="tokenizer"):
         self.tk = tokenizer
+        self.source = source  # the tokenizer.json it came from, for error messages
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
         for role, token in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
             if token is not None and tokenizer.token_to_id(token) is None:
-                raise CheckpointError(f"{role} token {token!r} is not in the tokenizer's vocabulary")
+                raise CheckpointError(f"{source}: {role} token {token!r} is not in the tokenizer's vocabulary")
 
     @classmethod
     def from_pretrained(cls, name_or_path) -> "Tokenizer":
@@ -49,7 +50,7 @@ class Tokenizer:
                 i = i[0] if isinstance(i, list) and i else i
                 if special.get(k) is None and isinstance(i, int):
                     special[k] = tk.id_to_token(i)
-        return cls(tk, special.get("bos"), special.get("eos"), special.get("pad"))
+        return cls(tk, special.get("bos"), special.get("eos"), special.get("pad"), source=str(path))
 
     def save_pretrained(self, out_dir):
         """tokenizer.json + tokenizer_config.json, which transformers' AutoTokenizer also reads."""
@@ -96,6 +97,7 @@ class Tokenizer:
         largest = max(self.tk.get_vocab(with_added_tokens=True).values())
         if largest >= config.vocab_size:
             raise CheckpointError(
-                f"tokenizer produces ids up to {largest}, but {where} has only {config.vocab_size} embeddings: "
-                "the tokenizer does not belong to this model; load both from the same folder"
+                f"{self.source}: tokenizer produces ids up to {largest}, but {where} has only "
+                f"{config.vocab_size} embeddings: the tokenizer does not belong to this model; load both "
+                "from the same folder"
             )

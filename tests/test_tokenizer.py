@@ -61,7 +61,8 @@ def test_special_tokens_and_save_round_trip(tmp_path):
 
 def test_tokenizer_that_does_not_fit_the_model(gpt2):
     tiny = Transformer.from_pretrained(FIXTURES / "tiny-llama")
-    with pytest.raises(CheckpointError, match="ids up to 50256, but tiny-llama has only 96 embeddings"):
+    with pytest.raises(CheckpointError, match="tokenizer.json: tokenizer produces ids up to 50256, but tiny-llama "
+                                              "has only 96 embeddings"):
         gpt2.check_fits(tiny.config, "tiny-llama")
 
 
@@ -73,5 +74,5 @@ def test_bad_tokenizer_files(tmp_path):
         Tokenizer.from_pretrained(tmp_path)
     shutil.copy(GPT2 / "tokenizer.json", tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
-    with pytest.raises(CheckpointError, match="eos token '</s>' is not in the tokenizer's vocabulary"):
+    with pytest.raises(CheckpointError, match="tokenizer.json: eos token '</s>' is not in the tokenizer's vocabulary"):
         Tokenizer.from_pretrained(tmp_path)
