@@ -37,18 +37,21 @@ args = parser.parse_args()
 device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed(contenders: dict, repeats: int) -> dict:
+    """Median seconds of each function. Rounds run every contender once, in turn, so that a slow spell
+    of the machine hits all of them alike (timing one after the other skews comparisons by ~5% here)."""
+    times = {name: [] for name in contenders}
+    for round in range(repeats + 1):  # round 0 warms up
+        for name, fn in contenders.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 try:
@@ -83,11 +86,10 @@ vocab = ours.config.vocab_size
 ids = torch.randint(0, vocab, (args.batch, args.seq), device=device)
 rows = []
 with torch.inference_mode():
-    ours_logits = ours(ids)
-    t = timed(lambda: ours(ids), args.repeats)
-    rows.append(("forward, girl", t, args.batch * args.seq / t))
+    forward = {"forward, girl": lambda: ours(ids)}
     if transformers is not None:
-        hf_logits = hf(ids).logits
+        forward["forward, transformers"] = lambda: hf(ids).logits
+        ours_logits, hf_logits = ours(ids), hf(ids).logits
         err = (ours_logits.float() - hf_logits.float()).abs().max().item()
         print(f"max |Δlogit| girl vs transformers: {err:.2e} ({args.dtype})", file=sys.stderr)
         if dtype != torch.float32:  # how far is each from the exact (float32) answer?
@@ -96,8 +98,7 @@ with torch.inference_mode():
             print(f"max |Δlogit| vs float32 transformers: girl {(ours_logits.float() - exact).abs().max().item():.2e}, "
                   f"transformers {(hf_logits.float() - exact).abs().max().item():.2e} "
                   f"(logits span ±{exact.abs().max().item():.1f})", file=sys.stderr)
-        t = timed(lambda: hf(ids).logits, args.repeats)
-        rows.append(("forward, transformers", t, args.batch * args.seq / t))
+    rows += [(what, t, args.batch * args.seq / t) for what, t in timed(forward, args.repeats).items()]
 
     prompt = torch.randint(0, vocab, (args.decode_batch, args.prompt), device=device)
     n, tokens = args.new_tokens, args.new_tokens * args.decode_batch
@@ -112,16 +113,14 @@ with torch.inference_mode():
         return generate(ours, prompt.tolist(), max_new_tokens=n, greedy=True).tokens
 
     same = torch.equal(no_cache(), cached())
-    print(f"KV-cache and no-cache decoding give the same {n} tokens: {same}", file=sys.stderr)
-    repeats = max(1, args.repeats // 2)
-    t = timed(no_cache, repeats)
-    rows.append((f"decode {n} tokens, no cache (girl)", t, tokens / t))
-    t = timed(cached, repeats)
-    rows.append((f"decode {n} tokens, KV cache (girl)", t, tokens / t))
+    print(f"KV-cache and no-cache decoding give the same {n} tokens: {same}"
+          + ("" if same or dtype == torch.float32 else " (bf16 rounding flips near-ties of a random model)"),
+          file=sys.stderr)
+    decode = {f"decode {n} tokens, no cache (girl)": no_cache, f"decode {n} tokens, KV cache (girl)": cached}
     if transformers is not None:
-        t = timed(lambda: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                      pad_token_id=0), repeats)
-        rows.append((f"decode {n} tokens, KV cache (transformers.generate)", t, tokens / t))
+        decode[f"decode {n} tokens, KV cache (transformers.generate)"] = lambda: hf.generate(
+            prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    rows += [(what, t, tokens / t) for what, t in timed(decode, max(1, args.repeats // 2)).items()]
 
 name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 print(f"\n{args.shape} shape ({ours.num_parameters() / 1e6:.0f}M), {args.dtype}, {name}, torch {torch.__version__}"
