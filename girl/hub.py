@@ -39,7 +39,10 @@ def resolve(name_or_path, revision: str = "main") -> Path:
     name = str(name_or_path)
     if path.exists() or not HUB_ID.match(name) or name.startswith(".") or name.count("/") > 1:
         raise HubError(f"{name}: not a folder, and not a hub id like 'Qwen/Qwen2.5-0.5B'")
-    return download(name, revision)
+    try:
+        return download(name, revision)
+    except HubError as e:  # the name may be a mistyped local path as much as a hub id
+        raise HubError(f"{name}: no such local folder, and as a hub id: {e}") from None
 
 
 def cache_dir(repo_id: str, revision: str = "main") -> Path:
