@@ -53,7 +53,6 @@ def cache_dir(repo_id: str, revision: str = "main") -> Path:
 def download(repo_id: str, revision: str = "main") -> Path:
     """Fetch config, tokenizer files and safetensors weights (following a shard index) of `repo_id`."""
     folder = cache_dir(repo_id, revision)
-    folder.mkdir(parents=True, exist_ok=True)
     absent_file = folder / ".absent.json"  # optional files the hub does not have, so offline use is quiet
     absent = set(json.loads(absent_file.read_text())) if absent_file.is_file() else set()
 
@@ -113,6 +112,7 @@ def fetch(url: str, dest: Path) -> bool:
     except (urllib.error.URLError, OSError) as e:
         raise HubError(f"{url}: cannot connect ({e}). Set HF_ENDPOINT for a mirror, or HF_HUB_OFFLINE=1 "
                        "to use the cache only.") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed first request leaves no folder
     with response:
         if response.status != 206:  # the server ignored our Range: start again
             have = 0

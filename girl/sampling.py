@@ -76,18 +76,21 @@ def generate(
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (start with BOS if there is no text)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
     if temperature <= 0 and not greedy:
         raise ValueError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
     if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_k must be >= 1 and top_p in (0, 1] (got {top_k}, {top_p})")
     temperature = temperature if temperature > 0 else 1.0
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device = weight.device
     ids, attention_mask = left_pad(prompts, 0, device)  # any valid id: padding is masked out
     B, P = ids.shape
     if P + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's "
                          f"max_seq_len {model.config.max_seq_len}; shorten the prompt or ask for fewer tokens")
-    cache = KVCache(model.config, B, P + max_new_tokens, device, next(model.parameters()).dtype)
+    cache = KVCache(model.config, B, P + max_new_tokens, device, weight.dtype)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((B, max_new_tokens), device=device)
     mask = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=device)
@@ -103,8 +106,9 @@ def generate(
         if eos_id is not None:
             done = done | (token == eos_id)
         if done.all() or t == max_new_tokens - 1:
-            return Generation(tokens[:, : t + 1], logprobs[:, : t + 1], mask[:, : t + 1])
+            break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         # finished rows go on with their sampled token (pad_id need not be a valid id); nobody reads them
         logits = model(token[:, None], attention_mask=attention_mask, cache=cache)[:, -1]
-    return Generation(tokens, logprobs, mask)  # max_new_tokens == 0
+    n = t + 1
+    return Generation(tokens[:, :n], logprobs[:, :n], mask[:, :n])

@@ -140,10 +140,11 @@ def test_sharded_download(hub, tmp_path):
     assert hub.requests("model.safetensors") == []  # the index was found, so no single file was asked for
 
 
-def test_unknown_repo_and_offline_miss(hub, monkeypatch):
+def test_unknown_repo_and_offline_miss(hub, tmp_path, monkeypatch):
     with pytest.raises(HubError, match=r"nobody/nothing: no such local folder, and as a hub id: "
                                        r"http.*/nobody/nothing/resolve/main/config.json: not found \(404\)"):
         Transformer.from_pretrained("nobody/nothing")
+    assert not (tmp_path / "cache").exists()  # a failed lookup leaves nothing in the cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubError, match="config.json is not in the cache .* and HF_HUB_OFFLINE is set"):
         Transformer.from_pretrained("tiny-org/tiny-qwen2")

@@ -122,6 +122,8 @@ def test_left_pad():
 def test_bad_arguments(stories):
     with pytest.raises(ValueError, match="at least one token"):
         generate(stories, [[BOS], []], max_new_tokens=4)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        generate(stories, [[BOS]], max_new_tokens=0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         generate(stories, [[BOS]], max_new_tokens=4, temperature=0)
     with pytest.raises(ValueError, match="exceed the model's max_seq_len 512"):
