@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from girl import hub
 from girl.checkpoint import CheckpointError, write_json
@@ -18,6 +19,9 @@ def _token_text(value):
     return value.get("content") if isinstance(value, dict) else value
 
 
+SPECIAL = {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"}
+
+
 class Tokenizer:
     def __init__(self, tokenizer: HFTokenizer, bos_token=None, eos_token=None, pad_token=None, source="tokenizer"):
         self.tk = tokenizer
@@ -26,6 +30,20 @@ class Tokenizer:
         for role, token in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
             if token is not None and tokenizer.token_to_id(token) is None:
                 raise CheckpointError(f"{source}: {role} token {token!r} is not in the tokenizer's vocabulary")
+
+    @classmethod
+    def train(cls, texts, vocab_size: int) -> "Tokenizer":
+        """A byte-level BPE tokenizer (GPT-2's scheme) learned from texts, with pad, bos and eos tokens.
+
+        Byte-level: any text encodes, Chinese included (a character is 3 bytes until merges join them).
+        """
+        tk = HFTokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tk.train_from_iterator(texts, trainer)
+        return cls(tk, SPECIAL["bos"], SPECIAL["eos"], SPECIAL["pad"], source="trained")
 
     @classmethod
     def from_pretrained(cls, name_or_path) -> "Tokenizer":

@@ -1,0 +1,160 @@
+"""Users' data: JSONL files, checked line by line, and the SFT examples made from them.
+
+Schemas (one JSON object per line; other keys are ignored):
+
+    SFT            {"cv": str, "jd": str}                        a CV and a JD it was matched with
+    RM             {"cv": str, "jd_pos": str, "jd_neg": str}     recruiter accepted jd_pos, rejected jd_neg
+    PPO            {"cv": str}                                   CVs never used in SFT or RM
+    interactions   {"cv": str, "jd": str, "label": 0 or 1}       for the recommendation stage
+
+An interaction log (tables of CVs and JDs, plus {cv_id, jd_id, label} rows) becomes these splits with
+
+    python -m girl.data build --cvs cvs.jsonl --jds jds.jsonl --log log.jsonl --out data/
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from girl.template import prompt_ids
+
+SCHEMAS = {"sft": ("cv", "jd"), "rm": ("cv", "jd_pos", "jd_neg"), "ppo": ("cv",),
+           "interactions": ("cv", "jd", "label"), "cvs": ("id", "cv"), "jds": ("id", "jd"),
+           "log": ("cv_id", "jd_id", "label")}
+IGNORE = -100  # label of positions the loss skips: the prompt and the padding
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and the field."""
+
+
+def read_jsonl(path, schema: str) -> list[dict]:
+    """Every row of a JSONL file, checked against SCHEMAS[schema]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    rows = []
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{n}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object with fields {', '.join(SCHEMAS[schema])}")
+        for field in SCHEMAS[schema]:
+            value = row.get(field)
+            if field == "label" and value not in (0, 1):
+                raise DataError(f"{path}:{n}: field 'label' must be 0 or 1, got {value!r}")
+            if field in ("id", "cv_id", "jd_id") and not isinstance(value, (str, int)):
+                raise DataError(f"{path}:{n}: field {field!r} is missing (a string or integer id)")
+            if field not in ("label", "id", "cv_id", "jd_id"):
+                if field not in row:
+                    raise DataError(f"{path}:{n}: field {field!r} is missing")
+                if not isinstance(value, str) or not value.strip():
+                    raise DataError(f"{path}:{n}: field {field!r} is empty or not a string")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def sft_example(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[dict, bool, bool]:
+    """input_ids and labels of one SFT example; whether the CV and whether the JD were cut to fit.
+
+    labels are IGNORE on the prompt and the JD's tokens plus a final EOS elsewhere: G learns to write
+    the JD and to stop. They are built from the prompt length, never by comparing ids with pad_id,
+    so a tokenizer whose pad is its EOS still learns the EOS.
+    """
+    target = tok.encode(jd) + [tok.eos_id]
+    prompt, _ = prompt_ids(tok, cv, lang)
+    cv_cut = jd_cut = False
+    if len(prompt) + len(target) > max_len:  # cut the CV first, keeping at least a quarter of max_len for it
+        budget = max(max_len - len(target) - (len(prompt) - len(tok.encode(cv))), max_len // 4)
+        prompt, cv_cut = prompt_ids(tok, cv, lang, max_cv_tokens=budget)
+    if len(prompt) + len(target) > max_len:  # still too long: cut the JD's tail (it then has no EOS)
+        target = target[: max_len - len(prompt)]
+        jd_cut = True
+    ids = prompt + target
+    return {"input_ids": ids, "labels": [IGNORE] * len(prompt) + target}, cv_cut, jd_cut
+
+
+def collate(examples: list[dict], pad_id: int) -> dict:
+    """Right-pad a batch: input_ids, attention_mask, labels (IGNORE on padding)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    batch = {"input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
+             "labels": torch.full((len(examples), width), IGNORE, dtype=torch.long)}
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        batch["input_ids"][i, :n] = torch.tensor(e["input_ids"])
+        batch["attention_mask"][i, :n] = 1
+        batch["labels"][i, :n] = torch.tensor(e["labels"])
+    return batch
+
+
+# ----------------------------------------------------------------------------- interaction log -> splits
+
+def build_from_log(cvs_path, jds_path, log_path, out_dir, seed: int = 0, ppo_frac: float = 0.1,
+                   eval_frac: float = 0.1) -> dict:
+    """Split an interaction log the way the paper uses it, by CV:
+
+    held-out CVs (eval_frac) -> their interactions are interactions_test; the PPO CVs (ppo_frac) are
+    used only as prompts (ppo.jsonl); every other CV gives its accepted JDs to sft_train, a
+    (J+, J-) triple per accepted/rejected pair to rm_train, and its interactions to interactions_train.
+    """
+    cvs = {str(r["id"]): r["cv"] for r in read_jsonl(cvs_path, "cvs")}
+    jds = {str(r["id"]): r["jd"] for r in read_jsonl(jds_path, "jds")}
+    by_cv: dict[str, list] = {}
+    for n, row in enumerate(read_jsonl(log_path, "log"), start=1):
+        cv_id, jd_id = str(row["cv_id"]), str(row["jd_id"])
+        for table, key, path in ((cvs, cv_id, cvs_path), (jds, jd_id, jds_path)):
+            if key not in table:
+                raise DataError(f"{log_path}:{n}: id {key!r} is not in {path}")
+        by_cv.setdefault(cv_id, []).append((jd_id, row["label"]))
+    order = sorted(by_cv)
+    random.Random(seed).shuffle(order)
+    n_eval, n_ppo = round(len(order) * eval_frac), round(len(order) * ppo_frac)
+    held, ppo, rest = order[:n_eval], order[n_eval : n_eval + n_ppo], order[n_eval + n_ppo :]
+    files = {"sft_train": [], "rm_train": [], "interactions_train": [], "interactions_test": [],
+             "ppo": [{"cv": cvs[c]} for c in ppo]}
+    for c in held:
+        files["interactions_test"] += [{"cv": cvs[c], "jd": jds[j], "label": y} for j, y in by_cv[c]]
+    for c in rest:
+        pos = [j for j, y in by_cv[c] if y == 1]
+        neg = [j for j, y in by_cv[c] if y == 0]
+        files["sft_train"] += [{"cv": cvs[c], "jd": jds[j]} for j in pos]
+        files["rm_train"] += [{"cv": cvs[c], "jd_pos": jds[p], "jd_neg": jds[q]} for p, q in zip(pos, neg)]
+        files["interactions_train"] += [{"cv": cvs[c], "jd": jds[j], "label": y} for j, y in by_cv[c]]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in files.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                           encoding="utf-8")
+    return {name: len(rows) for name, rows in files.items()}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="Turn an interaction log into GIRL's training splits.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="split cvs/jds tables and a {cv_id, jd_id, label} log by CV")
+    b.add_argument("--cvs", required=True, help='JSONL of {"id", "cv"}')
+    b.add_argument("--jds", required=True, help='JSONL of {"id", "jd"}')
+    b.add_argument("--log", required=True, help='JSONL of {"cv_id", "jd_id", "label": 0 or 1}')
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--seed", type=int, default=0, help="seed of the split by CV")
+    b.add_argument("--ppo-frac", type=float, default=0.1, help="share of CVs kept for PPO prompts only")
+    b.add_argument("--eval-frac", type=float, default=0.1, help="share of CVs held out for evaluation")
+    a = p.parse_args()
+    try:
+        print(json.dumps(build_from_log(a.cvs, a.jds, a.log, a.out, a.seed, a.ppo_frac, a.eval_frac)))
+    except DataError as e:
+        raise SystemExit(f"error: {e}")

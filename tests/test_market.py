@@ -1,0 +1,71 @@
+"""The synthetic market: the oracle reads back every JD the market writes, and f behaves as documented."""
+
+import random
+
+import pytest
+
+from girl.market import Job, Seeker, build, compatibility, job_from_json, oracle_score, references, sample_job, sample_seeker
+from girl.market_text import parse_jd, render_cv, render_jd
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_parser_round_trips_every_rendered_jd(lang):
+    rng = random.Random(1)
+    for _ in range(400):
+        job = sample_job(rng)
+        text = render_jd(job, lang, rng)
+        assert parse_jd(text, lang) == job.attributes(), text
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_unparseable_jds_score_zero(lang):
+    rng = random.Random(2)
+    seeker, job = sample_seeker(rng), sample_job(rng)
+    text = render_jd(job, lang, rng)
+    assert oracle_score(seeker, text, lang) is not None
+    lines = text.split("\n")
+    assert oracle_score(seeker, "\n".join(lines[1:]), lang) is None  # no title
+    assert oracle_score(seeker, "", lang) is None
+    # a salary range that promises everything is not a real offer
+    lo, hi = job.salary
+    assert oracle_score(seeker, text.replace(f"{hi:g}", f"{hi * 10:g}", 1).replace(f"{hi / 10:g}", f"{hi:g}", 1),
+                        lang) is None
+
+
+def test_compatibility_terms():
+    s = Seeker("software", [("software", 0), ("software", 1), ("software", 2)], years=3, edu=1, city=0, salary=15)
+    job = Job("software", 0, 1, [0, 1, 2], min_exp=2, edu=1, city=0, salary=(12, 18)).attributes()
+    assert compatibility(s, job) == pytest.approx(1.0)
+    assert compatibility(s, {**job, "field": "data"}) == 0.0
+    assert compatibility(s, {**job, "city": 1}) == pytest.approx(0.85)
+    half_skills = {("software", 0), ("software", 5)}
+    assert compatibility(s, {**job, "skills": half_skills}) == pytest.approx(1 - 0.4 * 0.5)
+    # under-qualified by 2 years: experience 1 + (-2)/2 = 0; over-qualified by 8 (4 beyond the band): 0.5
+    assert compatibility(s, {**job, "min_exp": 5}) == pytest.approx(0.8)
+    assert compatibility(Seeker(**{**s.__dict__, "years": 10}), job) == pytest.approx(1 - 0.2 * 0.5)
+    # expectation 15 above the range's top 12 by 25%: salary fit 1 - 3·0.25
+    assert compatibility(s, {**job, "salary": (8, 12)}) == pytest.approx(1 - 0.15 * 0.75)
+
+
+def test_cvs_vary_but_carry_the_facts():
+    rng = random.Random(3)
+    s = sample_seeker(rng)
+    zh = {render_cv(s, "zh", rng) for _ in range(20)}
+    assert len(zh) > 10  # phrasing, order and optional sections vary
+    from girl.market_text import CITIES
+    assert all(CITIES[s.city][0] in cv for cv in zh)
+
+
+def test_build_writes_disjoint_splits(tmp_path):
+    counts = build(tmp_path, "en", seed=0, n_jobs=200, seekers=dict(sft=60, rm=30, ppo=10, eval=10))
+    assert counts["ppo"] == 10 and counts["eval"] == 10 and counts["jobs"] == 200
+    assert counts["sft_train"] > 0 and counts["rm_train"] > 0
+    import json
+    read = lambda name: [json.loads(l) for l in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    sft_cvs = {r["cv"] for r in read("sft_train")}
+    rm_cvs = {r["cv"] for r in read("rm_train")}
+    held = {r["cv"] for r in read("eval")} | {r["cv"] for r in read("ppo")}
+    assert not (sft_cvs & rm_cvs) and not (held & (sft_cvs | rm_cvs))
+    seekers = [sample_seeker(random.Random(0))]
+    ref = references(seekers, [job_from_json(r["job"]) for r in read("jobs")])
+    assert 0 <= ref["oracle_random_jd"] <= ref["oracle_best_job"] <= 1

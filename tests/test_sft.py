@@ -1,0 +1,143 @@
+"""Stage 1: the prompt template, the loss mask, L_sft by hand, bad input, and a tiny G that memorises."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from girl.data import IGNORE, DataError, build_from_log, collate, read_jsonl, sft_example
+from girl.losses import sft_loss
+from girl.model import Config, Transformer
+from girl.sampling import generate
+from girl.template import TEMPLATE, prompt_ids, template_overhead
+from girl.tokenizer import Tokenizer
+
+PAIRS = [
+    ("Name: Ann\nSkills: Python, SQL\nLocation: Beijing", "Position: Data Analyst\nLocation: Beijing"),
+    ("Name: Bo\nSkills: Java, Redis\nLocation: Shanghai", "Position: Backend Engineer\nLocation: Shanghai"),
+    ("Name: Cy\nSkills: Excel, CPA\nLocation: Wuhan", "Position: Accountant\nLocation: Wuhan"),
+    ("Name: Di\nSkills: SEO, copywriting\nLocation: Nanjing", "Position: Brand Manager\nLocation: Nanjing"),
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [c for pair in PAIRS for c in pair] + ["".join(TEMPLATE["en"].values())] * 5
+    return Tokenizer.train(texts, 300)
+
+
+def test_template_has_four_parts_and_empty_output(tok):
+    ids, cut = prompt_ids(tok, PAIRS[0][0], "en")
+    text = tok.decode(ids)
+    t = TEMPLATE["en"]
+    assert not cut and ids[0] == tok.bos_id
+    assert text.index("Role") < text.index("Instruction") < text.index("Input") < text.index(PAIRS[0][0])
+    assert text.endswith(t["output"])  # the output part is empty: G writes there
+
+
+def test_loss_mask_learns_jd_and_eos_only(tok):
+    cv, jd = PAIRS[0]
+    example, cv_cut, jd_cut = sft_example(tok, cv, jd, "en", max_len=256)
+    prompt, _ = prompt_ids(tok, cv, "en")
+    jd_ids = tok.encode(jd)
+    assert example["input_ids"] == prompt + jd_ids + [tok.eos_id]
+    assert example["labels"] == [IGNORE] * len(prompt) + jd_ids + [tok.eos_id]
+    assert not cv_cut and not jd_cut
+
+
+def test_eos_is_learned_when_pad_is_eos(tok):
+    """A classic bug: labels made by masking ids == pad_id also mask the real EOS when pad == EOS."""
+    short = sft_example(tok, *PAIRS[2], "en", 256)[0]
+    long = sft_example(tok, PAIRS[0][0], PAIRS[0][1] + " and more words here", "en", 256)[0]
+    batch = collate([short, long], pad_id=tok.eos_id)
+    n = len(short["input_ids"])
+    assert batch["labels"][0, n - 1] == tok.eos_id  # the real EOS keeps its label
+    assert (batch["labels"][0, n:] == IGNORE).all() and (batch["input_ids"][0, n:] == tok.eos_id).all()
+    assert (batch["attention_mask"][0, n:] == 0).all()
+
+
+def test_sft_loss_equals_hand_computation():
+    # one sequence of 4 tokens, vocabulary 3; labels: prompt (ignored), then JD tokens 2 and 0
+    logits = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.5, 0.5, 3.0], [9.0, 9.0, 9.0]]])
+    labels = torch.tensor([[IGNORE, IGNORE, 2, 0]])
+    # position 1 predicts token 2 from logits (0, 2, 1); position 2 predicts token 0 from (0.5, 0.5, 3)
+    nll_1 = -(1.0 - math.log(math.exp(0.0) + math.exp(2.0) + math.exp(1.0)))
+    nll_2 = -(0.5 - math.log(2 * math.exp(0.5) + math.exp(3.0)))
+    assert sft_loss(logits, labels).item() == pytest.approx((nll_1 + nll_2) / 2, rel=1e-6)
+    assert sft_loss(logits, labels, reduction="sum").item() == pytest.approx(nll_1 + nll_2, rel=1e-6)
+
+
+def test_long_cv_is_cut_before_the_jd(tok):
+    cv = PAIRS[0][0] + "\nAbout me: " + "curious and hands-on. " * 60
+    jd = PAIRS[0][1]
+    max_len = template_overhead(tok, "en") + len(tok.encode(jd)) + 1 + 80  # room for 80 CV tokens (> max_len // 4)
+    example, cv_cut, jd_cut = sft_example(tok, cv, jd, "en", max_len)
+    assert cv_cut and not jd_cut and len(example["input_ids"]) == max_len
+    assert example["labels"][-len(tok.encode(jd)) - 1 :] == tok.encode(jd) + [tok.eos_id]  # the JD survived whole
+    assert example["input_ids"][: template_overhead(tok, "en") - 3] == prompt_ids(tok, cv, "en")[0][: template_overhead(tok, "en") - 3]
+
+
+def test_tiny_model_memorises_four_pairs(tok):
+    torch.manual_seed(0)
+    model = Transformer(Config(model_type="llama", vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4,
+                               n_kv_heads=2, hidden_dim=128, max_seq_len=256))
+    batch = collate([sft_example(tok, cv, jd, "en", 256)[0] for cv, jd in PAIRS], tok.pad_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = sft_loss(model(batch["input_ids"], attention_mask=batch["attention_mask"]), batch["labels"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.05
+    out = generate(model.eval(), [prompt_ids(tok, cv, "en")[0] for cv, _ in PAIRS], 40, eos_id=tok.eos_id, greedy=True)
+    for (cv, jd), tokens, mask in zip(PAIRS, out.tokens, out.mask):
+        assert tokens[mask].tolist() == tok.encode(jd) + [tok.eos_id]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"cv": "a", "jd": "b"}\n{"cv": "a", "jd": "b"}\n{"cv": "a" "jd": "b"}\n', r":3: not valid JSON"),
+    (b'{"cv": "a", "jd": "b"}\n{"cv": "a"}\n', r":2: field 'jd' is missing"),
+    (b'{"cv": "a", "jd": "  "}\n', r":1: field 'jd' is empty or not a string"),
+    (b'{"cv": "a", "jd": 3}\n', r":1: field 'jd' is empty or not a string"),
+    (b'["cv", "jd"]\n', r":1: expected a JSON object with fields cv, jd"),
+    (b'{"cv": "a", "jd": "b"}\n{"cv": "caf\xe9", "jd": "b"}\n', r":2: not UTF-8 text"),
+    (b"\n\n", r": no rows"),
+])
+def test_malformed_sft_lines_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"pairs.jsonl{message}"):
+        read_jsonl(path, "sft")
+
+
+def test_interaction_labels_are_checked(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"cv": "a", "jd": "b", "label": 1}\n{"cv": "a", "jd": "b", "label": "yes"}\n')
+    with pytest.raises(DataError, match=r"log.jsonl:2: field 'label' must be 0 or 1"):
+        read_jsonl(path, "interactions")
+
+
+def test_build_from_interaction_log(tmp_path):
+    cvs = [{"id": i, "cv": f"cv {i}"} for i in range(20)]
+    jds = [{"id": f"j{k}", "jd": f"jd {k}"} for k in range(5)]
+    log = [{"cv_id": i, "jd_id": f"j{k}", "label": int((i + k) % 3 == 0)} for i in range(20) for k in range(3)]
+    for name, rows in (("cvs", cvs), ("jds", jds), ("log", log)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = build_from_log(tmp_path / "cvs.jsonl", tmp_path / "jds.jsonl", tmp_path / "log.jsonl", tmp_path / "out")
+    assert counts["ppo"] == 2 and counts["interactions_test"] == 2 * 3  # 10% of 20 CVs each
+    assert counts["interactions_train"] == 16 * 3
+    ppo = {json.loads(l)["cv"] for l in (tmp_path / "out" / "ppo.jsonl").read_text().splitlines()}
+    held = {json.loads(l)["cv"] for l in (tmp_path / "out" / "interactions_test.jsonl").read_text().splitlines()}
+    # every accepted application of a CV that is neither held out nor kept for PPO
+    assert counts["sft_train"] == sum(r["label"] for r in log if f"cv {r['cv_id']}" not in ppo | held)
+    sft = {json.loads(l)["cv"] for l in (tmp_path / "out" / "sft_train.jsonl").read_text().splitlines()}
+    assert not ppo & sft  # PPO's CVs were never used in SFT
+    for r in read_jsonl(tmp_path / "out" / "rm_train.jsonl", "rm"):
+        assert r["jd_pos"] != r["jd_neg"]
+
+    (tmp_path / "log.jsonl").write_text('{"cv_id": 0, "jd_id": "j0", "label": 1}\n{"cv_id": 99, "jd_id": "j0", "label": 0}\n')
+    with pytest.raises(DataError, match=r"log.jsonl:2: id '99' is not in .*cvs.jsonl"):
+        build_from_log(tmp_path / "cvs.jsonl", tmp_path / "jds.jsonl", tmp_path / "log.jsonl", tmp_path / "out")

@@ -1,0 +1,80 @@
+"""train_sft.py as a user runs it: killed mid-run and resumed, it ends exactly where an uninterrupted run
+ends; bad data stops it with the file and line, before anything is written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from girl.market import build
+from girl.model import Transformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("market")
+    build(d, "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=0, ppo=0, eval=10))
+    return d / "sft_train.jsonl", d / "sft_eval.jsonl"
+
+
+def command(pairs, out, *extra):
+    train, held = pairs
+    return [sys.executable, "-u", str(ROOT / "train_sft.py"), "--data", str(train), "--eval-data", str(held),
+            "--lang", "en", "--max-steps", "12", "--eval-every", "3", "--batch-size", "8", "--eval-examples", "8",
+            "--log-every", "1", "--out", str(out), *extra]
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(pairs, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels in both runs
+    subprocess.run(command(pairs, tmp_path / "a"), check=True, env=env, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(command(pairs, tmp_path / "b"), stdout=subprocess.PIPE, text=True, env=env)
+    evals = 0
+    for line in proc.stdout:
+        evals += line.startswith("eval loss")
+        if evals == 2:  # step 6 saved: pull the plug
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    state = json.loads((tmp_path / "b-last" / "trainer_state.json").read_text())
+    assert 6 <= state["step"] < 12, "the run was not interrupted before its end"
+    Transformer.from_pretrained(tmp_path / "b")  # what the killed run left is a whole checkpoint
+
+    done = subprocess.run(command(pairs, tmp_path / "b", "--resume"), check=True, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert f"resuming at step {state['step']}" in done.stdout
+    a = load_file(str(tmp_path / "a-last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b-last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for run in ("a", "b"):
+        metrics = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert metrics["steps"] == 12 and metrics["eval_loss"] < metrics["initial_eval_loss"]
+        assert {"config.json", "model.safetensors", "tokenizer.json", "train_args.json"} <= {
+            p.name for p in (tmp_path / run).iterdir()}
+
+
+def test_bad_data_stops_with_file_and_line(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"cv": "a", "jd": "b"}\n{"cv": "c"}\n')
+    r = subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--data", str(bad), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert f"error: {bad}:2: field 'jd' is missing" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_help_explains_every_flag():
+    r = subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    for flag in ("--model", "--data", "--eval-data", "--lang", "--max-len", "--batch-size", "--grad-accum", "--lr",
+                 "--warmup", "--weight-decay", "--grad-clip", "--epochs", "--max-steps", "--seed", "--eval-every",
+                 "--out", "--resume"):
+        assert flag in r.stdout
