@@ -177,7 +177,7 @@ def save(folder, with_state: bool):
 
 def batches(step: int):
     """The micro-batches of optimizer step `step`: a fixed shuffle per epoch, this rank's share of it."""
-    per_epoch = len(train) // per_step
+    per_epoch = max(1, len(train) // per_step)  # a set smaller than one step still makes one (short) step
     epoch, k = divmod(step, per_epoch)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
     chunk = order[k * per_step : (k + 1) * per_step][rank::world]
