@@ -67,6 +67,14 @@ def read_jsonl(path, schema: str) -> list[dict]:
     return rows
 
 
+def write_jsonl(path, rows: list[dict]):
+    """One JSON object per line, through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
 def sft_example(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[dict, bool, bool]:
     """input_ids and labels of one SFT example; whether the CV and whether the JD were cut to fit.
 
@@ -137,8 +145,7 @@ def build_from_log(cvs_path, jds_path, log_path, out_dir, seed: int = 0, ppo_fra
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
-        (out / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                           encoding="utf-8")
+        write_jsonl(out / f"{name}.jsonl", rows)
     return {name: len(rows) for name, rows in files.items()}
 
 

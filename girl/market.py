@@ -20,6 +20,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from girl.data import write_jsonl
 from girl.market_text import CITIES, COMPANY_A, COMPANY_B, FIELDS, LANGS, parse_jd, render_cv, render_jd
 
 FIELD_BASE = {"software": 14, "data": 15, "finance": 9, "marketing": 9, "sales": 8, "nursing": 7,
@@ -187,9 +188,7 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
-        tmp = out / f".{name}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(out / f"{name}.jsonl")
+        write_jsonl(out / f"{name}.jsonl", rows)
     counts = {name: len(rows) for name, rows in files.items()}
     meta = dict(note="synthetic job market made by girl.market; no real people or companies",
                 lang=lang, seed=seed, n_jobs=n_jobs, seekers=seekers, counts=counts)
