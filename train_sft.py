@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from girl import market
-from girl.checkpoint import CheckpointError, atomic_dir, write_json
+from girl.checkpoint import CheckpointError, write_json
 from girl.data import DataError, collate, read_jsonl, sft_example
 from girl.hub import HubError
 from girl.losses import sft_loss
@@ -30,7 +30,7 @@ from girl.model import Config, Transformer
 from girl.sampling import generate
 from girl.template import TEMPLATE, prompt_ids
 from girl.tokenizer import Tokenizer
-from girl.training import Progress, distributed, fail, load_state, log, lr_at, param_groups, save_state
+from girl.training import Progress, distributed, fail, load_state, log, lr_at, param_groups, save_checkpoint
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,15 +166,6 @@ def eval_loss() -> float:
     return total / count
 
 
-def save(folder, with_state: bool):
-    with atomic_dir(folder) as tmp:
-        raw_model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "train_args.json", vars(args))
-        if with_state:
-            save_state(tmp, raw_model, optimizer, state)
-
-
 def batches(step: int):
     """The micro-batches of optimizer step `step`: a fixed shuffle per epoch, this rank's share of it."""
     per_epoch = max(1, len(train) // per_step)  # a set smaller than one step still makes one (short) step
@@ -217,8 +208,8 @@ for step in range(state["step"], max_steps):
             improved = loss < state["best_eval_loss"]
             if improved:
                 state["best_eval_loss"] = loss
-                save(args.out, with_state=False)
-            save(args.out_last, with_state=True)
+                save_checkpoint(args.out, raw_model, tok, args)
+            save_checkpoint(args.out_last, raw_model, tok, args, optimizer, state)
             log(f"eval loss {loss:.4f} (ppl {math.exp(loss):.2f}){'  saved best to ' + args.out if improved else ''}")
         if world > 1:
             torch.distributed.barrier()

@@ -95,9 +95,14 @@ def config_from_hf(hf: dict, where: str = "config.json") -> Config:
     )
 
 
-def config_to_hf(c: Config, dtype: torch.dtype = torch.float32) -> dict:
+def config_to_hf(c: Config, dtype: torch.dtype = torch.float32, score_head: bool = False) -> dict:
     ids = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
-    common = {"architectures": [ARCHITECTURES[c.model_type]], "model_type": c.model_type,
+    architecture = ARCHITECTURES[c.model_type]
+    if score_head:  # a reward model: transformers' sequence classifier with one label
+        architecture = architecture.replace("LMHeadModel", "ForSequenceClassification").replace(
+            "ForCausalLM", "ForSequenceClassification")
+        ids |= {"num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    common = {"architectures": [architecture], "model_type": c.model_type,
               "vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings,
               "torch_dtype": str(dtype).removeprefix("torch."), **ids}
     if c.gpt2:
@@ -111,8 +116,12 @@ def config_to_hf(c: Config, dtype: torch.dtype = torch.float32) -> dict:
             "attention_bias": False, "attention_dropout": 0.0}
 
 
-def read_config(folder) -> Config:
-    path = Path(folder) / "config.json"
+def open_folder(name_or_path) -> tuple[Path, Config, bool]:
+    """(folder, config, whether it holds a reward model) of a local folder or hub id."""
+    from girl import hub
+
+    folder = hub.resolve(name_or_path)
+    path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(
             f"{folder}: no config.json; pass a Hugging Face model folder (config.json + model.safetensors)"
@@ -122,19 +131,27 @@ def read_config(folder) -> Config:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     try:
-        return config_from_hf(hf, str(path))
+        config = config_from_hf(hf, str(path))
     except KeyError as e:
         raise CheckpointError(f"{path}: required field {e.args[0]!r} is missing") from None
+    is_reward_model = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
+    if is_reward_model and hf.get("num_labels", len(hf.get("id2label") or {0: 0})) != 1:
+        raise CheckpointError(f"{path}: a sequence classifier with several labels is not a reward model (num_labels must be 1)")
+    return folder, config, is_reward_model
 
 
 # ----------------------------------------------------------------------------- weight names
 
-def hf_layout(c: Config) -> list[tuple[str, list[str], bool]]:
+def hf_layout(c: Config, score_head: bool = False) -> list[tuple[str, list[str], bool]]:
     """(HF name, our names, transposed) for every stored tensor.
 
     An HF tensor maps to one of ours, or to several concatenated along dim 0. `transposed` marks GPT-2's
     Conv1D layers, which store the weight as [in, out], the transpose of nn.Linear's [out, in].
+    score_head: a RewardModel, whose backbone is stored as the LM's without its head, plus "score".
     """
+    if score_head:
+        layout = [(hf, [f"backbone.{n}" for n in ours], t) for hf, ours, t in hf_layout(c) if hf != "lm_head.weight"]
+        return layout + [("score.weight", ["head.weight"], False)]
     layout = []
     if c.gpt2:
         layout += [("transformer.wte.weight", ["tok_emb.weight"], False),
@@ -169,11 +186,12 @@ def hf_layout(c: Config) -> list[tuple[str, list[str], bool]]:
     return layout
 
 
-def _ignorable(name: str, c: Config) -> bool:
-    """Tensors some public checkpoints carry that are not weights, or duplicate a tied one."""
+def _ignorable(name: str, c: Config, score_head: bool) -> bool:
+    """Tensors some public checkpoints carry that are not weights, or duplicate a tied one, or (for a reward
+    model started from a language model) the LM head it does not use."""
     return (name.endswith((".attn.bias", ".attn.masked_bias"))  # GPT-2's causal-mask buffers
             or name.endswith("rotary_emb.inv_freq")  # old Llama exports saved the RoPE table
-            or (c.tie_embeddings and name == "lm_head.weight"))
+            or ((c.tie_embeddings or score_head) and name == "lm_head.weight"))
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -193,8 +211,12 @@ def _weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
 
 
-def load_state_dict(folder, c: Config, expected_shapes: dict) -> dict:
-    """Read the safetensors of `folder` into a state dict under our names, checked against the model."""
+def load_state_dict(folder, c: Config, expected_shapes: dict, score_head: bool = False,
+                    head_optional: bool = False) -> dict:
+    """Read the safetensors of `folder` into a state dict under our names, checked against the model.
+
+    score_head: for a RewardModel; head_optional: the folder is a language model, so "score" is absent.
+    """
     folder = Path(folder)
     files = _weight_files(folder)
     tensors, where = {}, {}
@@ -202,12 +224,14 @@ def load_state_dict(folder, c: Config, expected_shapes: dict) -> dict:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
                 # The original gpt2 checkpoints omit the "transformer." prefix that GPT2LMHeadModel adds
-                key = f"transformer.{name}" if c.gpt2 and not name.startswith(("transformer.", "lm_head.")) else name
+                key = f"transformer.{name}" if c.gpt2 and not name.startswith(("transformer.", "lm_head.", "score.")) else name
                 tensors[key], where[key] = f.get_tensor(name), path.name
-    layout = hf_layout(c)
+    layout = hf_layout(c, score_head)
+    if head_optional and "score.weight" not in tensors:
+        layout = layout[:-1]
     known = {hf for hf, _, _ in layout}
     missing = sorted(known - tensors.keys())
-    unexpected = sorted(k for k in tensors.keys() - known if not _ignorable(k, c))
+    unexpected = sorted(k for k in tensors.keys() - known if not _ignorable(k, c, score_head))
     if missing or unexpected:
         def some(names):
             return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -228,7 +252,7 @@ def load_state_dict(folder, c: Config, expected_shapes: dict) -> dict:
                 f"{tuple(reversed(want)) if transposed else tuple(want)}. Check that config.json belongs to these weights."
             )
         state.update(zip(ours, t.split([expected_shapes[n][0] for n in ours], dim=0)))
-    if c.tie_embeddings:
+    if c.tie_embeddings and "lm_head.weight" in expected_shapes:
         state["lm_head.weight"] = state["tok_emb.weight"]
     return state
 
@@ -245,19 +269,22 @@ def write_json(path, obj):
 
 def save(model, out_dir):
     """config.json + model.safetensors under Hugging Face names (each file written atomically)."""
+    from girl.model import RewardModel
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = model.config
+    score_head = isinstance(model, RewardModel)
     ours = model.state_dict()
     tensors = {}
-    for hf, names, transposed in hf_layout(c):
+    for hf, names, transposed in hf_layout(c, score_head):
         t = torch.cat([ours[n] for n in names], dim=0)
         tensors[hf] = (t.t() if transposed else t).detach().cpu().contiguous()
-    dtype = ours["tok_emb.weight"].dtype
+    dtype = next(model.parameters()).dtype
     tmp = out / ".model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
-    write_json(out / "config.json", config_to_hf(c, dtype))
+    write_json(out / "config.json", config_to_hf(c, dtype, score_head))
 
 
 @contextmanager

@@ -95,18 +95,22 @@ def sft_example(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[dict, b
     return {"input_ids": ids, "labels": [IGNORE] * len(prompt) + target}, cv_cut, jd_cut
 
 
+def right_pad(seqs: list[list[int]], pad_id: int):
+    """input_ids and attention_mask [B, max_len] of token lists, padded on the right."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return ids, mask
+
+
 def collate(examples: list[dict], pad_id: int) -> dict:
     """Right-pad a batch: input_ids, attention_mask, labels (IGNORE on padding)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    batch = {"input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
-             "labels": torch.full((len(examples), width), IGNORE, dtype=torch.long)}
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        batch["input_ids"][i, :n] = torch.tensor(e["input_ids"])
-        batch["attention_mask"][i, :n] = 1
-        batch["labels"][i, :n] = torch.tensor(e["labels"])
-    return batch
+    ids, mask = right_pad([e["input_ids"] for e in examples], pad_id)
+    labels, _ = right_pad([e["labels"] for e in examples], IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 # ----------------------------------------------------------------------------- interaction log -> splits

@@ -15,3 +15,13 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
     """
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                            ignore_index=IGNORE, reduction=reduction)
+
+
+def rm_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, margin: float = 0.0, center_coef: float = 0.0) -> torch.Tensor:
+    """L_rmt = −log σ(U(C, J+) − U(C, J−) − m) + η · (U(C, J+) + U(C, J−))²   (GIRL §3.2), batch mean.
+
+    The first term is the paper's pairwise loss (m = 0): the accepted JD should score above the rejected
+    one. A margin m > 0 asks for a gap of at least m (as in Llama 2's reward model). The centering term
+    with coefficient η keeps rewards near zero mean, since the pairwise term sees only differences.
+    """
+    return -F.logsigmoid(r_pos - r_neg - margin).mean() + center_coef * ((r_pos + r_neg) ** 2).mean()

@@ -169,7 +169,8 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
             pos = [i for i, ok in outcomes if ok]
             neg = [i for i, ok in outcomes if not ok]
             pairs = [{"cv": cv, "jd": jd_text[i]} for i in pos]
-            triples = [{"cv": cv, "jd_pos": jd_text[p], "jd_neg": jd_text[n]} for p, n in zip(pos, neg)]
+            triples = [{"cv": cv, "jd_pos": jd_text[p], "jd_neg": jd_text[n], "seeker": asdict(s)}
+                       for p, n in zip(pos, neg)]
             seen = [{"cv": cv, "jd": jd_text[i], "label": int(ok)} for i, ok in outcomes]
             if split == "sft":
                 files["sft_train"] += pairs

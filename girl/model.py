@@ -171,16 +171,15 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, lm_head: bool = True):
         super().__init__()
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
         self.pos_emb = nn.Embedding(c.max_seq_len, c.dim) if c.gpt2 else None
         self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.norm = make_norm(c)
-        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
-        if c.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
+        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False) if lm_head else None  # a reward model has none
+        self.tie_weights()
         self.apply(self._init_weights)
         # GPT-2's scaled init: each block adds two residual branches, keep their sum's variance fixed
         for name, p in self.named_parameters():
@@ -229,6 +228,10 @@ class Transformer(nn.Module):
         """Logits [B, T, vocab] (see hidden_states for the arguments)."""
         return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, cache))
 
+    def tie_weights(self):
+        if self.lm_head is not None and self.config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
 
@@ -238,28 +241,78 @@ class Transformer(nn.Module):
 
         Default dtype: float32 on CPU, bfloat16 on CUDA.
         """
-        from girl import checkpoint, hub
-
-        folder = hub.resolve(name_or_path)
-        config = checkpoint.read_config(folder)
-        device = torch.device(device or "cpu")
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        with torch.device("meta"):  # no time spent on a random init that is overwritten at once
-            model = cls(config)
-        expected = {name: t.shape for name, t in model.state_dict().items()}
-        state = checkpoint.load_state_dict(folder, config, expected)
-        state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
-        model.load_state_dict(state, strict=True, assign=True)
-        if config.tie_embeddings:  # assign=True replaced the shared Parameter by two
-            model.lm_head.weight = model.tok_emb.weight
-        return model.eval()
+        return _from_pretrained(cls, name_or_path, dtype, device)
 
     def save_pretrained(self, out_dir):
         """Write config.json and model.safetensors under Hugging Face names into `out_dir`."""
         from girl import checkpoint
 
         checkpoint.save(self, out_dir)
+
+
+def last_token_index(attention_mask, B: int, T: int, device):
+    """Position of each row's last real token: the rightmost 1 of the mask (right or left padding)."""
+    if attention_mask is None:
+        return torch.full((B,), T - 1, device=device)
+    return (attention_mask.long() * torch.arange(T, device=device)).argmax(-1)
+
+
+class RewardModel(nn.Module):
+    """U(C, J) -> R (GIRL §3.2): a Transformer without its LM head, and a linear head from the hidden state
+    of the last real token of template(C, J) + EOS to one scalar.
+
+    Saved as a Hugging Face *ForSequenceClassification folder with num_labels = 1 (head = "score").
+    """
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.backbone = Transformer(config, lm_head=False)
+        self.head = nn.Linear(config.dim, 1, bias=False)
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(config.dim + 1))  # reward std ~1 at the start
+
+    def forward(self, input_ids, attention_mask=None):
+        """Scores [B] of the sequences input_ids [B, T]."""
+        h = self.backbone.hidden_states(input_ids, attention_mask)
+        last = last_token_index(attention_mask, *input_ids.shape, input_ids.device)
+        return self.head(h[torch.arange(len(h), device=h.device), last]).squeeze(-1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dtype=None, device=None) -> "RewardModel":
+        """A reward model folder; or a language model's folder, whose backbone gets a freshly initialised head."""
+        return _from_pretrained(cls, name_or_path, dtype, device)
+
+    def save_pretrained(self, out_dir):
+        from girl import checkpoint
+
+        checkpoint.save(self, out_dir)
+
+
+def _from_pretrained(cls, name_or_path, dtype, device):
+    from girl import checkpoint
+
+    folder, config, holds_reward_model = checkpoint.open_folder(name_or_path)
+    if holds_reward_model and cls is Transformer:
+        raise checkpoint.CheckpointError(
+            f"{folder} holds a reward model (...ForSequenceClassification); open it with RewardModel.from_pretrained")
+    device = torch.device(device or "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with torch.device("meta"):  # no time spent on a random init that is overwritten at once
+        model = cls(config)
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+    score_head = cls is RewardModel
+    state = checkpoint.load_state_dict(folder, config, expected, score_head=score_head,
+                                       head_optional=score_head and not holds_reward_model)
+    if "head.weight" in expected and "head.weight" not in state:  # U from a language model: a new head
+        state["head.weight"] = torch.randn(1, config.dim) / math.sqrt(config.dim + 1)
+    state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    (model.backbone if score_head else model).tie_weights()  # assign=True replaced a shared Parameter by two
+    return model.eval()
 
 
 def attention_bias(attention_mask, B: int, T: int, past: int, device):

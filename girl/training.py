@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from girl.checkpoint import write_json
+from girl.checkpoint import atomic_dir, write_json
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -56,6 +56,16 @@ def load_state(folder, model: nn.Module, optimizer: torch.optim.Optimizer) -> di
         p = params[name]
         optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
     return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def save_checkpoint(folder, model, tokenizer, args, optimizer=None, state: dict | None = None):
+    """An HF folder (model, tokenizer, train_args.json), plus the optimizer state when resumable; atomic."""
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "train_args.json", vars(args))
+        if optimizer is not None:
+            save_state(tmp, model, optimizer, state)
 
 
 class Progress:

@@ -7,13 +7,18 @@ it builds a random tiny model (norms and biases perturbed too, so a wrong bias c
 an ordinary HF folder under tests/fixtures/tiny-<family>/, and stores transformers' logits for a batch
 without padding, with left padding and with right padding in reference_logits.safetensors.
 
+Reward models: a tiny *ForSequenceClassification (num_labels 1) of each family under
+tests/fixtures/tiny-<family>-rm/, with transformers' scores for a right- and a left-padded batch.
+
 It then checks the other direction: folders written by girl's save_pretrained open in
-transformers.AutoModelForCausalLM and give girl's logits. It exits non-zero if any check fails.
+transformers.AutoModelForCausalLM (or AutoModelForSequenceClassification) and give girl's logits
+(scores). It exits non-zero if any check fails.
 """
 
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +26,7 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from girl.model import Config, Transformer  # noqa: E402
+from girl.model import Config, RewardModel, Transformer  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VOCAB, T = 96, 12
@@ -88,6 +93,52 @@ def make(family: str, seed: int) -> None:
     print(f"{family}: wrote {out} ({sum(p.numel() for p in model.parameters())} parameters)")
 
 
+PAD = 0  # transformers' sequence classifier finds each row's last token by this id, so real tokens avoid it
+
+
+def reward_inputs(seed: int):
+    ids, left, right = inputs(seed)
+    ids = ids.clamp(min=1)
+    return ids.masked_fill(right == 0, PAD), ids.masked_fill(left == 0, PAD), left, right
+
+
+def hf_scores(model, ids, mask):
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.squeeze(-1)
+
+
+def make_reward_model(family: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    config = CONFIGS[family].__class__.from_dict({**CONFIGS[family].to_dict(), "num_labels": 1, "pad_token_id": PAD})
+    model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    perturb(model, seed)
+    out = FIXTURES / f"tiny-{family}-rm"
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out)
+    (out / "generation_config.json").unlink(missing_ok=True)
+    right_ids, left_ids, left, right = reward_inputs(seed)
+    save_file({"right_ids": right_ids, "right_mask": right, "left_ids": left_ids, "left_mask": left,
+               "right_scores": hf_scores(model, right_ids, right).contiguous(),
+               "left_scores": hf_scores(model, left_ids, left).contiguous()},
+              str(out / "reference_scores.safetensors"))
+    print(f"{family} reward model: wrote {out}")
+
+
+def check_reward_roundtrip(model: RewardModel, name: str) -> float:
+    right_ids, left_ids, left, right = reward_inputs(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp, dtype=torch.float32).eval()
+        err = 0.0
+        for ids, mask in ((right_ids, right), (left_ids, left)):
+            with torch.no_grad():
+                ours = model(ids, attention_mask=mask)
+            err = max(err, (ours - hf_scores(theirs, ids, mask)).abs().max().item())
+    print(f"{name}: girl RewardModel.save_pretrained -> transformers, max |Δscore| = {err:.2e}")
+    return err
+
+
 def check_roundtrip(model: Transformer, name: str) -> float:
     """Save with girl, open with transformers, compare logits at every real position."""
     ids, left, _ = inputs(0)
@@ -110,6 +161,7 @@ def main():
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
     for seed, family in enumerate(CONFIGS, start=1):
         make(family, seed)
+        make_reward_model(family, seed + 10)
     errors = []
     for family in CONFIGS:
         errors.append(check_roundtrip(Transformer.from_pretrained(FIXTURES / f"tiny-{family}"), f"tiny-{family}"))
@@ -120,6 +172,12 @@ def main():
                                      tie_embeddings=family != "llama")).eval()
         perturb(scratch, 0)
         errors.append(check_roundtrip(scratch, f"scratch-{family}"))
+        errors.append(check_reward_roundtrip(RewardModel.from_pretrained(FIXTURES / f"tiny-{family}-rm"),
+                                             f"tiny-{family}-rm"))
+        torch.manual_seed(0)
+        scratch_rm = RewardModel(replace(scratch.config, pad_token_id=PAD)).eval()
+        perturb(scratch_rm, 0)
+        errors.append(check_reward_roundtrip(scratch_rm, f"scratch-{family}-rm"))
     if max(errors) > 1e-4:
         sys.exit(f"FAILED: max |Δlogit| {max(errors):.2e} > 1e-4")
     print("all round trips agree")

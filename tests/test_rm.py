@@ -1,0 +1,139 @@
+"""Stage 2: the reward model U agrees with transformers' sequence classifiers, pools the last real token,
+learns a toy preference, round-trips through its folder, and L_rmt matches hand computation."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from girl.checkpoint import CheckpointError
+from girl.data import DataError, read_jsonl, right_pad
+from girl.losses import rm_loss
+from girl.model import Config, RewardModel, Transformer, last_token_index
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAMILIES = ["llama", "qwen2", "gpt2"]
+
+
+def sigmoid_nll(x):
+    return -math.log(1 / (1 + math.exp(-x)))
+
+
+def test_rm_loss_by_hand():
+    r_pos, r_neg = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.5])
+    paper = (sigmoid_nll(1.0) + sigmoid_nll(-1.0) + sigmoid_nll(0.0)) / 3
+    assert rm_loss(r_pos, r_neg).item() == pytest.approx(paper, rel=1e-6)
+    margin = (sigmoid_nll(0.5) + sigmoid_nll(-1.5) + sigmoid_nll(-0.5)) / 3
+    assert rm_loss(r_pos, r_neg, margin=0.5).item() == pytest.approx(margin, rel=1e-6)
+    centering = 0.1 * (3.0**2 + (-1.0) ** 2 + 1.0**2) / 3
+    assert rm_loss(r_pos, r_neg, center_coef=0.1).item() == pytest.approx(paper + centering, rel=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_scores_match_transformers(family, side):
+    ref = load_file(str(FIXTURES / f"tiny-{family}-rm" / "reference_scores.safetensors"))
+    u = RewardModel.from_pretrained(FIXTURES / f"tiny-{family}-rm")
+    with torch.no_grad():
+        scores = u(ref[f"{side}_ids"], attention_mask=ref[f"{side}_mask"])
+    assert scores.shape == (3,)
+    assert (scores - ref[f"{side}_scores"]).abs().max().item() <= 1e-4
+
+
+def test_last_token_index():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+    assert last_token_index(right, 2, 5, "cpu").tolist() == [2, 4]
+    assert last_token_index(left, 2, 5, "cpu").tolist() == [4, 4]
+    assert last_token_index(None, 2, 5, "cpu").tolist() == [4, 4]
+
+
+def test_padded_scores_equal_scores_alone():
+    u = RewardModel.from_pretrained(FIXTURES / "tiny-qwen2-rm")
+    seqs = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+    ids, mask = right_pad(seqs, pad_id=0)
+    with torch.no_grad():
+        right = u(ids, mask)
+        left_ids = torch.zeros_like(ids)
+        left_mask = torch.zeros_like(mask)
+        for i, s in enumerate(seqs):
+            left_ids[i, ids.shape[1] - len(s):] = torch.tensor(s)
+            left_mask[i, ids.shape[1] - len(s):] = 1
+        left = u(left_ids, left_mask)
+        alone = torch.stack([u(torch.tensor([s]))[0] for s in seqs])
+    assert (right - alone).abs().max().item() <= 1e-5
+    assert (left - alone).abs().max().item() <= 1e-5
+
+
+def test_save_reload_identical_scores(tmp_path):
+    u = RewardModel.from_pretrained(FIXTURES / "tiny-llama-rm")
+    u.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and config["num_labels"] == 1
+    again = RewardModel.from_pretrained(tmp_path)
+    ids = torch.randint(1, 96, (4, 9))
+    with torch.no_grad():
+        assert torch.equal(u(ids), again(ids))
+    with pytest.raises(CheckpointError, match="holds a reward model .* RewardModel.from_pretrained"):
+        Transformer.from_pretrained(tmp_path)
+
+
+def test_reward_model_from_a_language_model():
+    """U started from an LM folder: the LM's backbone exactly, a new head, no LM head."""
+    lm = Transformer.from_pretrained(FIXTURES / "tiny-llama")
+    u = RewardModel.from_pretrained(FIXTURES / "tiny-llama")
+    ids = torch.randint(0, 96, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(u.backbone.hidden_states(ids), lm.hidden_states(ids))
+    assert u.backbone.lm_head is None and u.head.weight.shape == (1, 32)
+    assert 0.5 / math.sqrt(33) < u.head.weight.std().item() < 2 / math.sqrt(33)  # N(0, 1/(d+1))
+
+
+def test_tiny_reward_model_learns_a_separable_preference():
+    """Recruiters here prefer JDs with token 7 to JDs with token 8, whatever else they contain."""
+    torch.manual_seed(0)
+    u = RewardModel(Config(model_type="llama", vocab_size=32, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                           hidden_dim=64, max_seq_len=32))
+    opt = torch.optim.AdamW(u.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def pairs(n):
+        cv = torch.randint(10, 32, (n, 6), generator=g)
+        noise = torch.randint(10, 32, (n, 4), generator=g)
+        pos = torch.cat([cv, noise, torch.full((n, 1), 7)], 1)[:, torch.randperm(11, generator=g)]
+        neg = torch.cat([cv, noise, torch.full((n, 1), 8)], 1)[:, torch.randperm(11, generator=g)]
+        return pos, neg
+
+    test_pos, test_neg = pairs(200)
+    with torch.no_grad():
+        before = (u(test_pos) > u(test_neg)).float().mean().item()
+    for _ in range(150):
+        pos, neg = pairs(32)
+        loss = rm_loss(u(pos), u(neg))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        after = (u(test_pos) > u(test_neg)).float().mean().item()
+    assert before < 0.9 and after == 1.0
+
+
+def test_bad_triples_name_file_and_line(tmp_path):
+    path = tmp_path / "triples.jsonl"
+    path.write_text('{"cv": "a", "jd_pos": "b", "jd_neg": "c"}\n{"cv": "a", "jd_pos": "b"}\n')
+    with pytest.raises(DataError, match=r"triples.jsonl:2: field 'jd_neg' is missing"):
+        read_jsonl(path, "rm")
+
+
+def test_several_labels_is_not_a_reward_model(tmp_path):
+    shutil.copytree(FIXTURES / "tiny-qwen2-rm", tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["id2label"] = {"0": "a", "1": "b"}
+    config.pop("num_labels", None)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="num_labels must be 1"):
+        RewardModel.from_pretrained(tmp_path / "m")

@@ -1,0 +1,261 @@
+"""Stage 2, RMT: train the reward model U on recruiter feedback (GIRL §3.2).
+
+    python train_rm.py                                    # built-in U (smaller than G) on the market's triples
+    python train_rm.py --model Qwen/Qwen2.5-0.5B --data triples.jsonl --sft ckpt/sft
+    python train_rm.py --resume                           # continue an interrupted run
+
+U(C, J) reads template(C, J) + EOS and gives one scalar. It learns from (C, J+, J−) triples, J+ accepted
+and J− rejected by a recruiter for the same CV, with L_rmt = −log σ(U(C, J+) − U(C, J−)) (girl/losses.py).
+The built-in U shares G's tokenizer (read from --sft) and is smaller than G. Writes --out (default
+ckpt/rm): the best U by held-out loss as a Hugging Face *ForSequenceClassification folder (num_labels 1,
+opens in transformers), with train_args.json and metrics.json; --out-last holds the resumable state.
+"""
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from girl import market
+from girl.checkpoint import CheckpointError, open_folder, write_json
+from girl.data import DataError, read_jsonl, right_pad, sft_example
+from girl.hub import HubError
+from girl.losses import rm_loss
+from girl.model import RewardModel, Transformer
+from girl.template import TEMPLATE
+from girl.tokenizer import Tokenizer
+from girl.training import Progress, distributed, fail, load_state, log, lr_at, param_groups, save_checkpoint
+
+p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+# Model
+p.add_argument("--model", default="builtin",
+               help="'builtin': a Llama-style U smaller than G, trained from scratch with G's tokenizer; or a local "
+                    "HF folder / hub id (a language model gets a new scalar head; a reward model continues)")
+p.add_argument("--u-layers", type=int, default=2, help="layers of the built-in U, taken from G's lowest (default: 2)")
+p.add_argument("--sft", default="ckpt/sft", help="G's checkpoint: its tokenizer for the built-in U, its size for "
+                                                 "comparison (default: ckpt/sft)")
+# Data
+p.add_argument("--data", help='training JSONL of {"cv", "jd_pos", "jd_neg"} (default: the market\'s rm_train.jsonl)')
+p.add_argument("--eval-data", help="held-out triples (default: the market's rm_eval.jsonl; with --data and no "
+                                   "--eval-data, 5%% of --data is held out)")
+p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
+p.add_argument("--lang", default="zh", choices=list(TEMPLATE), help="prompt and market language (default: zh)")
+p.add_argument("--max-len", type=int, default=256, help="tokens per scored sequence; longer CVs are cut (default: 256)")
+# Optimization
+p.add_argument("--batch-size", type=int, default=16, help="triples per micro-batch (default: 16)")
+p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 for builtin, 1e-5 for pretrained)")
+p.add_argument("--warmup", type=int, default=30, help="linear warmup steps (default: 30)")
+p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
+p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+p.add_argument("--epochs", type=float, default=2.0, help="passes over the training triples (default: 2)")
+p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+p.add_argument("--margin", type=float, default=0.0, help="m in −log σ(r+ − r− − m) (default: 0, the paper's loss)")
+p.add_argument("--center-coef", type=float, default=0.0, help="η of the η·(r+ + r−)² centering term (default: 0)")
+p.add_argument("--seed", type=int, default=0, help="seed of the data order, the init and the market (default: 0)")
+# Evaluation
+p.add_argument("--eval-every", type=int, default=100, help="evaluate (and save) every N steps (default: 100)")
+# Output
+p.add_argument("--out", default="ckpt/rm", help="best checkpoint (default: ckpt/rm)")
+p.add_argument("--out-last", help="latest checkpoint + optimizer state for --resume (default: OUT-last)")
+p.add_argument("--resume", action="store_true", help="continue from --out-last")
+p.add_argument("--log-every", type=int, default=10, help="progress line every N steps (default: 10)")
+args = p.parse_args()
+args.out_last = args.out_last or args.out.rstrip("/") + "-last"
+builtin = args.model == "builtin"
+args.lr = args.lr or (1e-3 if builtin else 1e-5)
+
+rank, world, device = distributed()
+torch.manual_seed(args.seed)
+autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+# ----------------------------------------------------------------------------- data
+on_market = args.data is None
+try:
+    if on_market:
+        mdir = market.ensure(args.market_dir, args.lang, args.seed) if rank == 0 else Path(args.market_dir)
+        if world > 1:
+            torch.distributed.barrier()
+        train_rows = read_jsonl(mdir / "rm_train.jsonl", "rm")
+        eval_rows = read_jsonl(mdir / "rm_eval.jsonl", "rm")
+    else:
+        train_rows = read_jsonl(args.data, "rm")
+        if args.eval_data:
+            eval_rows = read_jsonl(args.eval_data, "rm")
+        else:
+            random.Random(args.seed).shuffle(train_rows)
+            cut = max(1, len(train_rows) // 20)
+            train_rows, eval_rows = train_rows[cut:], train_rows[:cut]
+except DataError as e:
+    fail(str(e))
+
+# ----------------------------------------------------------------------------- tokenizer and U
+resuming = args.resume and (Path(args.out_last) / "trainer_state.json").is_file()
+if args.resume and not resuming:
+    log(f"--resume: no state in {args.out_last}, starting fresh", rank=rank)
+g_parameters = None
+try:
+    if Path(args.sft).is_dir():
+        _, g_config, _ = open_folder(args.sft)
+        with torch.device("meta"):
+            g_parameters = Transformer(g_config).num_parameters()
+    if resuming:
+        tok = Tokenizer.from_pretrained(args.out_last)
+        model = RewardModel.from_pretrained(args.out_last, dtype=torch.float32, device=device)
+    elif builtin:
+        if g_parameters is None:
+            fail(f"{args.sft}: no G checkpoint; the built-in U shares G's tokenizer: run python train_sft.py first "
+                 "(or pass --sft DIR)")
+        # U is G's family and width with half its layers, started from G's embeddings and lower layers: the
+        # built-in stand-in for the paper's smaller pretrained model (nothing pretrained is smaller than G here)
+        tok = Tokenizer.from_pretrained(args.sft)
+        config = replace(g_config, n_layers=args.u_layers, pad_token_id=tok.pad_id)
+        model = RewardModel(config).to(device)
+        g_state = Transformer.from_pretrained(args.sft, dtype=torch.float32, device=device).state_dict()
+        model.backbone.load_state_dict({k: v for k, v in g_state.items() if k in model.backbone.state_dict()})
+    else:
+        tok = Tokenizer.from_pretrained(args.model)
+        model = RewardModel.from_pretrained(args.model, dtype=torch.float32, device=device)
+    tok.check_fits(model.config, args.model)
+except (CheckpointError, HubError) as e:
+    fail(str(e))
+if tok.eos_id is None:
+    fail(f"{args.model}: the tokenizer has no EOS token; U reads its score at the EOS after the JD")
+pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
+model.config.pad_token_id = pad_id  # transformers' sequence classifier finds the last token by it
+u_parameters = model.num_parameters()
+log(f"U: {model.config.model_type}, {u_parameters / 1e6:.2f}M parameters"
+    + (f" (G: {g_parameters / 1e6:.2f}M)" if g_parameters else ""), rank=rank)
+
+
+def encode(rows):
+    """Each triple as two token sequences, template(C, J+) + EOS and template(C, J−) + EOS."""
+    out, cut = [], 0
+    for r in rows:
+        pair = []
+        for jd in (r["jd_pos"], r["jd_neg"]):
+            example, cv_cut, jd_cut = sft_example(tok, r["cv"], jd, args.lang, args.max_len)
+            pair.append(example["input_ids"])
+            cut += cv_cut or jd_cut
+        out.append(pair)
+    return out, cut
+
+
+train, cut = encode(train_rows)
+evals, _ = encode(eval_rows)
+log(f"data: {len(train)} training triples, {len(evals)} held-out; sequences cut to --max-len {args.max_len}: {cut}",
+    rank=rank)
+
+# ----------------------------------------------------------------------------- optimizer
+raw_model = model
+if world > 1:
+    model = torch.nn.parallel.DistributedDataParallel(model)
+optimizer = torch.optim.AdamW(param_groups(raw_model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95),
+                              fused=device.type == "cuda")
+per_step = args.batch_size * args.grad_accum * world
+max_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train) / per_step))
+state = {"step": 0, "best_eval_loss": float("inf"), "train_tokens": 0, "initial_eval": None}
+if resuming:
+    state = load_state(args.out_last, raw_model, optimizer)
+    log(f"resuming at step {state['step']} from {args.out_last}", rank=rank)
+
+
+def scores(net, pairs):
+    """U(C, J+) and U(C, J−) of a batch of encoded triples, in one forward pass."""
+    ids, mask = right_pad([p for p, _ in pairs] + [n for _, n in pairs], pad_id)
+    with autocast:
+        r = net(ids.to(device), attention_mask=mask.to(device)).float()
+    return r[: len(pairs)], r[len(pairs) :]
+
+
+@torch.no_grad()
+def evaluate() -> dict:
+    raw_model.eval()
+    pos, neg = [], []
+    for i in range(0, len(evals), args.batch_size):
+        a, b = scores(raw_model, evals[i : i + args.batch_size])
+        pos.append(a)
+        neg.append(b)
+    raw_model.train()
+    pos, neg = torch.cat(pos), torch.cat(neg)
+    both = torch.cat([pos, neg])
+    return {"eval_loss": rm_loss(pos, neg, args.margin, args.center_coef).item(),
+            "eval_accuracy": (pos > neg).float().mean().item(),
+            "reward_mean": both.mean().item(), "reward_std": both.std().item()}
+
+
+def batches(step: int):
+    per_epoch = max(1, len(train) // per_step)
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
+    chunk = order[k * per_step : (k + 1) * per_step][rank::world]
+    return [[train[i] for i in chunk[j : j + args.batch_size]] for j in range(0, len(chunk), args.batch_size)]
+
+
+# ----------------------------------------------------------------------------- training loop
+if state["initial_eval"] is None:
+    state["initial_eval"] = evaluate()
+    log(f"initial eval: {json.dumps({k: round(v, 4) for k, v in state['initial_eval'].items()})}", rank=rank)
+model.train()
+progress = Progress(max_steps, args.log_every, enabled=rank == 0, start_step=state["step"])
+t_start = time.time()
+for step in range(state["step"], max_steps):
+    lr = lr_at(step, max_steps, args.lr, args.warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    micro = batches(step)
+    loss_sum, correct, tokens = 0.0, 0, 0
+    for pairs in micro:
+        r_pos, r_neg = scores(model, pairs)
+        loss = rm_loss(r_pos, r_neg, args.margin, args.center_coef) * len(pairs) / sum(map(len, micro))
+        loss.backward()
+        loss_sum += loss.item()
+        correct += (r_pos > r_neg).sum().item()
+        tokens += sum(len(p) + len(n) for p, n in pairs)
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state["train_tokens"] += tokens * world
+    state["step"] = step + 1
+    progress.step(step, tokens * world, loss=loss_sum, acc=correct / sum(map(len, micro)), lr=lr, grad_norm=grad_norm)
+    if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
+        if rank == 0:
+            e = evaluate()
+            improved = e["eval_loss"] < state["best_eval_loss"]
+            if improved:
+                state["best_eval_loss"], state["best_eval"] = e["eval_loss"], e
+                save_checkpoint(args.out, raw_model, tok, args)
+            save_checkpoint(args.out_last, raw_model, tok, args, optimizer, state)
+            log(f"eval loss {e['eval_loss']:.4f}  accuracy {e['eval_accuracy']:.4f}"
+                + (f"  saved best to {args.out}" if improved else ""))
+        if world > 1:
+            torch.distributed.barrier()
+train_seconds = time.time() - t_start
+
+# ----------------------------------------------------------------------------- final metrics
+if rank == 0:
+    metrics = {**state["best_eval"],
+               "initial_eval_loss": state["initial_eval"]["eval_loss"],
+               "initial_eval_accuracy": state["initial_eval"]["eval_accuracy"],
+               "eval_pairs": len(evals), "u_parameters": u_parameters, "g_parameters": g_parameters,
+               "steps": state["step"], "train_tokens": state["train_tokens"], "train_seconds": train_seconds,
+               "tokens_per_sec": progress.tokens / max(train_seconds, 1e-9), "sequences_cut": cut}
+    if on_market:  # how often the true f agrees with the recruiter on the same pairs: the ceiling noise allows
+        agree = []
+        for r in eval_rows:
+            s = market.seeker_from_json(r["seeker"])
+            a, b = (market.oracle_score(s, r[k], args.lang) or 0.0 for k in ("jd_pos", "jd_neg"))
+            agree.append(1.0 if a > b else 0.5 if a == b else 0.0)
+        metrics["oracle_accuracy"] = sum(agree) / len(agree)
+        metrics["accuracy_vs_oracle"] = metrics["eval_accuracy"] / metrics["oracle_accuracy"]
+    write_json(Path(args.out) / "metrics.json", metrics)
+    log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    log(f"wrote {args.out}/ (best by eval loss) and {args.out_last}/ (resumable)")
+if world > 1:
+    torch.distributed.destroy_process_group()
