@@ -41,7 +41,8 @@ def test_scores_match_transformers(family, side):
     with torch.no_grad():
         scores = u(ref[f"{side}_ids"], attention_mask=ref[f"{side}_mask"])
     assert scores.shape == (3,)
-    assert (scores - ref[f"{side}_scores"]).abs().max().item() <= 1e-4
+    # scores of these tiny models span about ±0.14; float32 keeps ~1e-5 of that
+    assert (scores - ref[f"{side}_scores"]).abs().max().item() <= 1e-6
 
 
 def test_last_token_index():
