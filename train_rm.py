@@ -14,7 +14,6 @@ opens in transformers), with train_args.json and metrics.json; --out-last holds 
 import argparse
 import json
 import math
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,13 +22,14 @@ import torch
 
 from girl import market
 from girl.checkpoint import CheckpointError, open_folder, write_json
-from girl.data import DataError, read_jsonl, right_pad, sft_example
+from girl.data import DataError, right_pad, sft_example
 from girl.hub import HubError
 from girl.losses import rm_loss
 from girl.model import RewardModel, Transformer
 from girl.template import TEMPLATE
 from girl.tokenizer import Tokenizer
-from girl.training import Progress, distributed, fail, load_state, log, lr_at, param_groups, save_checkpoint
+from girl.training import (Progress, distributed, fail, load_rows, load_state, log, lr_at, param_groups,
+                           save_checkpoint, step_indices)
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,24 +76,11 @@ torch.manual_seed(args.seed)
 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 # ----------------------------------------------------------------------------- data
-on_market = args.data is None
 try:
-    if on_market:
-        mdir = market.ensure(args.market_dir, args.lang, args.seed) if rank == 0 else Path(args.market_dir)
-        if world > 1:
-            torch.distributed.barrier()
-        train_rows = read_jsonl(mdir / "rm_train.jsonl", "rm")
-        eval_rows = read_jsonl(mdir / "rm_eval.jsonl", "rm")
-    else:
-        train_rows = read_jsonl(args.data, "rm")
-        if args.eval_data:
-            eval_rows = read_jsonl(args.eval_data, "rm")
-        else:
-            random.Random(args.seed).shuffle(train_rows)
-            cut = max(1, len(train_rows) // 20)
-            train_rows, eval_rows = train_rows[cut:], train_rows[:cut]
+    train_rows, eval_rows, mdir = load_rows(args, "rm", rank, world)
 except DataError as e:
     fail(str(e))
+on_market = mdir is not None
 
 # ----------------------------------------------------------------------------- tokenizer and U
 resuming = args.resume and (Path(args.out_last) / "trainer_state.json").is_file()
@@ -190,14 +177,6 @@ def evaluate() -> dict:
             "reward_mean": both.mean().item(), "reward_std": both.std().item()}
 
 
-def batches(step: int):
-    per_epoch = max(1, len(train) // per_step)
-    epoch, k = divmod(step, per_epoch)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
-    chunk = order[k * per_step : (k + 1) * per_step][rank::world]
-    return [[train[i] for i in chunk[j : j + args.batch_size]] for j in range(0, len(chunk), args.batch_size)]
-
-
 # ----------------------------------------------------------------------------- training loop
 if state["initial_eval"] is None:
     state["initial_eval"] = evaluate()
@@ -209,7 +188,8 @@ for step in range(state["step"], max_steps):
     lr = lr_at(step, max_steps, args.lr, args.warmup)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    micro = batches(step)
+    micro = [[train[i] for i in idx]
+             for idx in step_indices(step, len(train), args.batch_size, args.grad_accum, args.seed, rank, world)]
     loss_sum, correct, tokens = 0.0, 0, 0
     for pairs in micro:
         r_pos, r_neg = scores(model, pairs)

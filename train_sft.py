@@ -15,7 +15,6 @@ folder (config.json, model.safetensors, tokenizer.json, train_args.json, metrics
 import argparse
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from girl.model import Config, Transformer
 from girl.sampling import generate
 from girl.template import TEMPLATE, prompt_ids
 from girl.tokenizer import Tokenizer
-from girl.training import Progress, distributed, fail, load_state, log, lr_at, param_groups, save_checkpoint
+from girl.training import (Progress, distributed, fail, load_rows, load_state, log, lr_at, param_groups,
+                           save_checkpoint, step_indices)
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,24 +76,11 @@ torch.manual_seed(args.seed)
 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 # ----------------------------------------------------------------------------- data
-on_market = args.data is None
 try:
-    if on_market:
-        mdir = market.ensure(args.market_dir, args.lang, args.seed) if rank == 0 else Path(args.market_dir)
-        if world > 1:
-            torch.distributed.barrier()
-        train_rows = read_jsonl(mdir / "sft_train.jsonl", "sft")
-        eval_rows = read_jsonl(mdir / "sft_eval.jsonl", "sft")
-    else:
-        train_rows = read_jsonl(args.data, "sft")
-        if args.eval_data:
-            eval_rows = read_jsonl(args.eval_data, "sft")
-        else:
-            random.Random(args.seed).shuffle(train_rows)
-            cut = max(1, len(train_rows) // 20)
-            train_rows, eval_rows = train_rows[cut:], train_rows[:cut]
+    train_rows, eval_rows, mdir = load_rows(args, "sft", rank, world)
 except DataError as e:
     fail(str(e))
+on_market = mdir is not None
 
 # ----------------------------------------------------------------------------- tokenizer and model
 resuming = args.resume and (Path(args.out_last) / "trainer_state.json").is_file()
@@ -166,15 +153,6 @@ def eval_loss() -> float:
     return total / count
 
 
-def batches(step: int):
-    """The micro-batches of optimizer step `step`: a fixed shuffle per epoch, this rank's share of it."""
-    per_epoch = max(1, len(train) // per_step)  # a set smaller than one step still makes one (short) step
-    epoch, k = divmod(step, per_epoch)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
-    chunk = order[k * per_step : (k + 1) * per_step][rank::world]
-    return [chunk[i : i + args.batch_size] for i in range(0, len(chunk), args.batch_size)]
-
-
 # ----------------------------------------------------------------------------- training loop
 if state["initial_eval_loss"] is None:
     state["initial_eval_loss"] = eval_loss()
@@ -186,7 +164,8 @@ for step in range(state["step"], max_steps):
     lr = lr_at(step, max_steps, args.lr, args.warmup)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    micro = [collate([train[i] for i in idx], pad_id) for idx in batches(step)]
+    micro = [collate([train[i] for i in idx], pad_id)
+             for idx in step_indices(step, len(train), args.batch_size, args.grad_accum, args.seed, rank, world)]
     targets = sum((b["labels"][:, 1:] != -100).sum().item() for b in micro)  # JD tokens in this step
     loss_sum = 0.0
     for b in micro:

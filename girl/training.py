@@ -58,6 +58,46 @@ def load_state(folder, model: nn.Module, optimizer: torch.optim.Optimizer) -> di
     return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
 
 
+def step_indices(step: int, n: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
+                 world: int = 1) -> list[list[int]]:
+    """The example indices of optimizer step `step`, as this rank's micro-batches.
+
+    One fixed shuffle per epoch (seeded by seed + epoch), cut into steps of batch_size·grad_accum·world;
+    rank r takes every world-th example of the step. A function of the step alone, so a resumed run
+    continues with exactly the batches an uninterrupted run would have seen.
+    """
+    per_step = batch_size * grad_accum * world
+    per_epoch = max(1, n // per_step)  # a set smaller than one step still makes one (short) step
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    chunk = order[k * per_step : (k + 1) * per_step][rank::world]
+    return [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+
+
+def load_rows(args, schema: str, rank: int = 0, world: int = 1):
+    """(training rows, held-out rows, market folder or None) for a stage whose data is `schema`.
+
+    --data given: that file, and --eval-data or else 5% of --data held out. Otherwise the synthetic
+    market's <schema>_train.jsonl and <schema>_eval.jsonl, built on first use (by rank 0).
+    """
+    import random
+
+    from girl import market
+    from girl.data import read_jsonl
+
+    if args.data is None:
+        folder = market.ensure(args.market_dir, args.lang, args.seed) if rank == 0 else Path(args.market_dir)
+        if world > 1:
+            torch.distributed.barrier()
+        return read_jsonl(folder / f"{schema}_train.jsonl", schema), read_jsonl(folder / f"{schema}_eval.jsonl", schema), folder
+    rows = read_jsonl(args.data, schema)
+    if args.eval_data:
+        return rows, read_jsonl(args.eval_data, schema), None
+    random.Random(args.seed).shuffle(rows)
+    cut = max(1, len(rows) // 20)
+    return rows[cut:], rows[:cut], None
+
+
 def save_checkpoint(folder, model, tokenizer, args, optimizer=None, state: dict | None = None):
     """An HF folder (model, tokenizer, train_args.json), plus the optimizer state when resumable; atomic."""
     with atomic_dir(folder) as tmp:
