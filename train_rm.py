@@ -105,7 +105,8 @@ try:
         config = replace(g_config, n_layers=args.u_layers, pad_token_id=tok.pad_id)
         model = RewardModel(config).to(device)
         g_state = Transformer.from_pretrained(args.sft, dtype=torch.float32, device=device).state_dict()
-        model.backbone.load_state_dict({k: v for k, v in g_state.items() if k in model.backbone.state_dict()})
+        wanted = model.backbone.state_dict().keys()  # G's embeddings, norm and its lowest u_layers layers
+        model.backbone.load_state_dict({k: v for k, v in g_state.items() if k in wanted})
     else:
         tok = Tokenizer.from_pretrained(args.model)
         model = RewardModel.from_pretrained(args.model, dtype=torch.float32, device=device)

@@ -4,6 +4,7 @@ resumable state without pickles, the progress line, and torchrun's environment."
 import json
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from girl import market
 from girl.checkpoint import atomic_dir, write_json
+from girl.data import read_jsonl
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -80,11 +83,6 @@ def load_rows(args, schema: str, rank: int = 0, world: int = 1):
     --data given: that file, and --eval-data or else 5% of --data held out. Otherwise the synthetic
     market's <schema>_train.jsonl and <schema>_eval.jsonl, built on first use (by rank 0).
     """
-    import random
-
-    from girl import market
-    from girl.data import read_jsonl
-
     if args.data is None:
         folder = market.ensure(args.market_dir, args.lang, args.seed) if rank == 0 else Path(args.market_dir)
         if world > 1:
