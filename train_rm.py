@@ -1,11 +1,16 @@
 """Stage 2, RMT: train the reward model U on recruiter feedback (GIRL §3.2).
 
-    python train_rm.py                                    # built-in U (smaller than G) on the market's triples
+    python train_rm.py                                    # built-in U (smaller than G), recruiter comparisons of G's samples
+    python train_rm.py --feedback log                     # the paper's data alone: the application log's triples
     python train_rm.py --model Qwen/Qwen2.5-0.5B --data triples.jsonl --sft ckpt/sft
     python train_rm.py --resume                           # continue an interrupted run
 
 U(C, J) reads template(C, J) + EOS and gives one scalar. It learns from (C, J+, J−) triples, J+ accepted
 and J− rejected by a recruiter for the same CV, with L_rmt = −log σ(U(C, J+) − U(C, J−)) (girl/losses.py).
+On the market, by default, the triples are a recruiter's comparisons of G's own samples: K J′ per CV,
+each pair judged by the market's simulated recruiter (InstructGPT's recipe). A U trained on the
+application log alone never sees the kind of text PPO asks it to score, and PPO against it makes G
+worse (README, stage 2 and 3).
 The built-in U shares G's tokenizer (read from --sft) and is smaller than G. Writes --out (default
 ckpt/rm): the best U by held-out loss as a Hugging Face *ForSequenceClassification folder (num_labels 1,
 opens in transformers), with train_args.json and metrics.json; --out-last holds the resumable state.
@@ -14,6 +19,7 @@ opens in transformers), with train_args.json and metrics.json; --out-last holds 
 import argparse
 import json
 import math
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +32,8 @@ from girl.data import DataError, right_pad, sft_example
 from girl.hub import HubError
 from girl.losses import rm_loss
 from girl.model import RewardModel, Transformer
-from girl.template import TEMPLATE
+from girl.sampling import generate
+from girl.template import TEMPLATE, prompt_ids
 from girl.tokenizer import Tokenizer
 from girl.training import (Progress, distributed, fail, load_rows, load_state, log, lr_at, param_groups,
                            save_checkpoint, step_indices)
@@ -47,6 +54,17 @@ p.add_argument("--eval-data", help="held-out triples (default: the market's rm_e
 p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
 p.add_argument("--lang", default="zh", choices=list(TEMPLATE), help="prompt and market language (default: zh)")
 p.add_argument("--max-len", type=int, default=256, help="tokens per scored sequence; longer CVs are cut (default: 256)")
+p.add_argument("--feedback", choices=["samples", "log", "both"],
+               help="what U learns from: 'samples', a simulated recruiter's comparisons of G's own J′ (market only); "
+                    "'log', the (C, J+, J−) triples of --data or the market's application log; 'both' "
+                    "(default: samples on the market, log with --data)")
+p.add_argument("--samples-per-cv", type=int, default=4, help="J′ sampled from G per CV; every pair is compared (default: 4)")
+p.add_argument("--sample-cvs", type=int, default=1200, help="training CVs given sampled J′ (the market has 1397); "
+                                                       "200 held-out CVs get them too, for evaluation (default: 1200)")
+p.add_argument("--sample-temperature", type=float, default=1.0,
+               help="temperature of those samples: above PPO's, so that U also meets the unusable JDs PPO must "
+                    "learn to avoid (default: 1.0)")
+p.add_argument("--max-new-tokens", type=int, default=96, help="J′ length limit when sampling (default: 96)")
 # Optimization
 p.add_argument("--batch-size", type=int, default=16, help="triples per micro-batch (default: 16)")
 p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
@@ -54,13 +72,13 @@ p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 for b
 p.add_argument("--warmup", type=int, default=30, help="linear warmup steps (default: 30)")
 p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
 p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
-p.add_argument("--epochs", type=float, default=2.0, help="passes over the training triples (default: 2)")
+p.add_argument("--epochs", type=float, default=1.0, help="passes over the training triples (default: 1)")
 p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
 p.add_argument("--margin", type=float, default=0.0, help="m in −log σ(r+ − r− − m) (default: 0, the paper's loss)")
 p.add_argument("--center-coef", type=float, default=0.0, help="η of the η·(r+ + r−)² centering term (default: 0)")
 p.add_argument("--seed", type=int, default=0, help="seed of the data order, the init and the market (default: 0)")
 # Evaluation
-p.add_argument("--eval-every", type=int, default=100, help="evaluate (and save) every N steps (default: 100)")
+p.add_argument("--eval-every", type=int, default=200, help="evaluate (and save) every N steps (default: 200)")
 # Output
 p.add_argument("--out", default="ckpt/rm", help="best checkpoint (default: ckpt/rm)")
 p.add_argument("--out-last", help="latest checkpoint + optimizer state for --resume (default: OUT-last)")
@@ -122,6 +140,51 @@ log(f"U: {model.config.model_type}, {u_parameters / 1e6:.2f}M parameters"
     + (f" (G: {g_parameters / 1e6:.2f}M)" if g_parameters else ""), rank=rank)
 
 
+
+@torch.no_grad()
+def feedback_on_samples(rows: list[dict], n_cvs: int | None) -> list[dict]:
+    """(C, J+, J−) triples from a recruiter's comparisons of G's own samples: K J′ for each of the first
+    n_cvs distinct CVs of rows, every pair of them judged by market.recruiter_prefers (ties dropped)."""
+    g_tok = Tokenizer.from_pretrained(args.sft)
+    G = Transformer.from_pretrained(args.sft, device=device)
+    cvs = list({r["cv"]: r["seeker"] for r in rows}.items())[:n_cvs]
+    K, rng = args.samples_per_cv, random.Random(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    out = []
+    for i in range(0, len(cvs), 64):
+        chunk = cvs[i : i + 64]
+        prompts = [prompt_ids(g_tok, cv, args.lang, args.max_len // 2)[0] for cv, _ in chunk for _ in range(K)]
+        with autocast:
+            o = generate(G, prompts, args.max_new_tokens, eos_id=g_tok.eos_id, pad_id=g_tok.pad_id or 0,
+                         temperature=args.sample_temperature, generator=gen)
+        texts = [g_tok.decode([t for t, m in zip(row, mask) if m and t != g_tok.eos_id])
+                 for row, mask in zip(o.tokens.tolist(), o.mask.tolist())]
+        for j, (cv, seeker) in enumerate(chunk):
+            s, jds = market.seeker_from_json(seeker), texts[j * K : (j + 1) * K]
+            for a in range(K):
+                for b in range(a + 1, K):
+                    prefers_a = market.recruiter_prefers(s, jds[a], jds[b], args.lang, rng)
+                    if prefers_a is not None:
+                        win, lose = (a, b) if prefers_a else (b, a)
+                        out.append({"cv": cv, "jd_pos": jds[win], "jd_neg": jds[lose], "seeker": seeker})
+    return out
+
+
+args.feedback = args.feedback or ("samples" if on_market else "log")
+if args.feedback != "log" and not on_market:
+    fail(f"--feedback {args.feedback} needs the market's simulated recruiter; with your own --data use --feedback log "
+         "(or collect recruiters' comparisons of G's samples as (C, J+, J−) triples yourself)")
+sample_train_rows, sample_eval_rows = [], []
+if on_market and args.samples_per_cv > 1:  # held-out comparisons of samples are measured whatever U learns from
+    if not Path(args.sft).is_dir():
+        fail(f"{args.sft}: no G checkpoint to sample J′ from; run python train_sft.py first (or --samples-per-cv 0)")
+    t0 = time.time()
+    sample_train_rows = feedback_on_samples(train_rows, args.sample_cvs) if args.feedback != "log" else []
+    sample_eval_rows = feedback_on_samples(eval_rows, 200)
+    log(f"recruiter comparisons of G's samples: {len(sample_train_rows)} training, {len(sample_eval_rows)} held-out "
+        f"({args.samples_per_cv} per CV, T={args.sample_temperature}, {time.time() - t0:.0f}s)", rank=rank)
+
+
 def encode(rows):
     """Each triple as two token sequences, template(C, J+) + EOS and template(C, J−) + EOS."""
     out, cut = [], 0
@@ -135,10 +198,14 @@ def encode(rows):
     return out, cut
 
 
-train, cut = encode(train_rows)
+train, cut = encode((train_rows if args.feedback != "samples" else []) + sample_train_rows)
+if not train:
+    fail("no training triples: the recruiter found every pair of G's samples equally good (none may parse); "
+         "train G longer, or use --feedback log")
 evals, _ = encode(eval_rows)
-log(f"data: {len(train)} training triples, {len(evals)} held-out; sequences cut to --max-len {args.max_len}: {cut}",
-    rank=rank)
+sample_evals, _ = encode(sample_eval_rows)
+log(f"data: {len(train)} training triples, {len(evals)} + {len(sample_evals)} held-out; sequences cut to --max-len "
+    f"{args.max_len}: {cut}", rank=rank)
 
 # ----------------------------------------------------------------------------- optimizer
 raw_model = model
@@ -163,19 +230,29 @@ def scores(net, pairs):
 
 
 @torch.no_grad()
-def evaluate() -> dict:
-    raw_model.eval()
+def evaluate_on(triples, prefix: str) -> dict:
     pos, neg = [], []
-    for i in range(0, len(evals), args.batch_size):
-        a, b = scores(raw_model, evals[i : i + args.batch_size])
+    for i in range(0, len(triples), args.batch_size):
+        a, b = scores(raw_model, triples[i : i + args.batch_size])
         pos.append(a)
         neg.append(b)
-    raw_model.train()
     pos, neg = torch.cat(pos), torch.cat(neg)
     both = torch.cat([pos, neg])
-    return {"eval_loss": rm_loss(pos, neg, args.margin, args.center_coef).item(),
-            "eval_accuracy": (pos > neg).float().mean().item(),
-            "reward_mean": both.mean().item(), "reward_std": both.std().item()}
+    return {f"{prefix}eval_loss": rm_loss(pos, neg, args.margin, args.center_coef).item(),
+            f"{prefix}eval_accuracy": (pos > neg).float().mean().item(),
+            f"{prefix}reward_mean": both.mean().item(), f"{prefix}reward_std": both.std().item()}
+
+
+def evaluate() -> dict:
+    """Held-out loss and accuracy on real JDs and, when there are any, on G's samples; `loss` (the mean of
+    the two) picks the best checkpoint."""
+    raw_model.eval()
+    e = evaluate_on(evals, "")
+    if sample_evals:
+        e.update(evaluate_on(sample_evals, "samples_"))
+    raw_model.train()
+    e["loss"] = (e["eval_loss"] + e.get("samples_eval_loss", e["eval_loss"])) / 2
+    return e
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -208,12 +285,14 @@ for step in range(state["step"], max_steps):
     if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
         if rank == 0:
             e = evaluate()
-            improved = e["eval_loss"] < state["best_eval_loss"]
+            improved = e["loss"] < state["best_eval_loss"]
             if improved:
-                state["best_eval_loss"], state["best_eval"] = e["eval_loss"], e
+                state["best_eval_loss"], state["best_eval"] = e["loss"], e
                 save_checkpoint(args.out, raw_model, tok, args)
             save_checkpoint(args.out_last, raw_model, tok, args, optimizer, state)
             log(f"eval loss {e['eval_loss']:.4f}  accuracy {e['eval_accuracy']:.4f}"
+                + (f"  on G's samples: loss {e['samples_eval_loss']:.4f}  accuracy {e['samples_eval_accuracy']:.4f}"
+                   if sample_evals else "")
                 + (f"  saved best to {args.out}" if improved else ""))
         if world > 1:
             torch.distributed.barrier()
@@ -222,19 +301,25 @@ train_seconds = time.time() - t_start
 # ----------------------------------------------------------------------------- final metrics
 if rank == 0:
     metrics = {**state["best_eval"],
-               "initial_eval_loss": state["initial_eval"]["eval_loss"],
-               "initial_eval_accuracy": state["initial_eval"]["eval_accuracy"],
-               "eval_pairs": len(evals), "u_parameters": u_parameters, "g_parameters": g_parameters,
+               **{f"initial_{k}": v for k, v in state["initial_eval"].items() if k.endswith(("eval_loss", "eval_accuracy"))},
+               "eval_pairs": len(evals), "samples_eval_pairs": len(sample_evals), "samples_train_pairs": len(sample_train_rows), "u_parameters": u_parameters, "g_parameters": g_parameters,
                "steps": state["step"], "train_tokens": state["train_tokens"], "train_seconds": train_seconds,
                "tokens_per_sec": progress.tokens / max(train_seconds, 1e-9), "sequences_cut": cut}
-    if on_market:  # how often the true f agrees with the recruiter on the same pairs: the ceiling noise allows
+    def oracle_accuracy(rows):
+        """How often the true f agrees with the recruiter on these pairs: the ceiling their noise allows."""
         agree = []
-        for r in eval_rows:
+        for r in rows:
             s = market.seeker_from_json(r["seeker"])
             a, b = (market.oracle_score(s, r[k], args.lang) or 0.0 for k in ("jd_pos", "jd_neg"))
             agree.append(1.0 if a > b else 0.5 if a == b else 0.0)
-        metrics["oracle_accuracy"] = sum(agree) / len(agree)
+        return sum(agree) / len(agree)
+
+    if on_market:
+        metrics["oracle_accuracy"] = oracle_accuracy(eval_rows)
         metrics["accuracy_vs_oracle"] = metrics["eval_accuracy"] / metrics["oracle_accuracy"]
+    if sample_evals:
+        metrics["samples_oracle_accuracy"] = oracle_accuracy(sample_eval_rows)
+        metrics["samples_accuracy_vs_oracle"] = metrics["samples_eval_accuracy"] / metrics["samples_oracle_accuracy"]
     write_json(Path(args.out) / "metrics.json", metrics)
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     log(f"wrote {args.out}/ (best by eval loss) and {args.out_last}/ (resumable)")

@@ -147,6 +147,17 @@ def accepted(s: Seeker, j: Job, rng: random.Random) -> bool:
     return rng.random() < 1 / (1 + math.exp(-12 * (compatibility(s, j.attributes()) - 0.6)))
 
 
+def recruiter_prefers(s: Seeker, jd_a: str, jd_b: str, lang: str, rng: random.Random) -> bool | None:
+    """A recruiter compares two JD texts for one seeker: True (a is the better fit) with probability
+    σ(12·(f_a − f_b)), the slope of `accepted`; a JD the recruiter cannot read has f = 0. None when
+    the two fit equally well: no preference is recorded. Reward models learn from these comparisons
+    of G's own samples (train_rm.py), as InstructGPT's labelers compared its policy's outputs."""
+    f_a, f_b = (oracle_score(s, t, lang) or 0.0 for t in (jd_a, jd_b))
+    if f_a == f_b:
+        return None
+    return rng.random() < 1 / (1 + math.exp(-12 * (f_a - f_b)))
+
+
 # ----------------------------------------------------------------------------- the splits
 
 SPLITS = dict(sft=4000, rm=1500, ppo=600, eval=400)  # seekers per split

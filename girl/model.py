@@ -277,6 +277,10 @@ class RewardModel(nn.Module):
         last = last_token_index(attention_mask, *input_ids.shape, input_ids.device)
         return self.head(h[torch.arange(len(h), device=h.device), last]).squeeze(-1)
 
+    def values(self, input_ids, attention_mask=None):
+        """The head at every position, [B, T]: PPO's critic V(s_t), which starts as U's own head."""
+        return self.head(self.backbone.hidden_states(input_ids, attention_mask)).squeeze(-1)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -4,7 +4,10 @@ import random
 
 import pytest
 
-from girl.market import Job, Seeker, build, compatibility, job_from_json, oracle_score, references, sample_job, sample_seeker
+import math
+
+from girl.market import (Job, Seeker, build, compatibility, job_from_json, oracle_score, recruiter_prefers, references,
+                         sample_job, sample_seeker)
 from girl.market_text import parse_jd, render_cv, render_jd
 
 
@@ -45,6 +48,22 @@ def test_compatibility_terms():
     assert compatibility(Seeker(**{**s.__dict__, "years": 10}), job) == pytest.approx(1 - 0.2 * 0.5)
     # expectation 15 above the range's top 12 by 25%: salary fit 1 - 3·0.25
     assert compatibility(s, {**job, "salary": (8, 12)}) == pytest.approx(1 - 0.15 * 0.75)
+
+
+def test_recruiter_comparisons_follow_the_fit_gap():
+    s = Seeker("software", [("software", 0), ("software", 1), ("software", 2)], years=3, edu=1, city=0, salary=15)
+    job = Job("software", 0, 1, [0, 1, 2], min_exp=2, edu=1, city=0, salary=(12, 18))
+    rng = random.Random(0)
+    good, other_city = (render_jd(j, "en", rng) for j in (job, Job(**{**job.__dict__, "city": 1})))
+    f_good, f_other = oracle_score(s, good, "en"), oracle_score(s, other_city, "en")
+    assert (f_good, f_other) == pytest.approx((1.0, 0.85))
+    n = 4000
+    for a, b, gap in ((good, other_city, 0.15), (other_city, good, -0.15), (good, "unreadable", 1.0)):
+        wins = sum(recruiter_prefers(s, a, b, "en", rng) for _ in range(n)) / n
+        p = 1 / (1 + math.exp(-12 * gap))
+        assert abs(wins - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (gap, wins, p)  # within 4 binomial sd
+    assert recruiter_prefers(s, good, good, "en", rng) is None  # equally good: no preference recorded
+    assert recruiter_prefers(s, "", "unreadable", "en", rng) is None
 
 
 def test_cvs_vary_but_carry_the_facts():

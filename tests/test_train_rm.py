@@ -54,3 +54,21 @@ def test_bad_triples_and_missing_g(market_and_g, tmp_path):
             "--out", tmp_path / "o", check=False)
     assert r.returncode == 2 and "run python train_sft.py first" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_feedback_on_samples_needs_comparisons(market_and_g, tmp_path):
+    """G after 2 SFT steps writes nothing the recruiter can read: every pair of its samples ties, so
+    --feedback samples has nothing to learn from and says so; --feedback both falls back on the log."""
+    d = market_and_g
+    common = ["--market-dir", d / "data", "--lang", "en", "--sft", d / "sft", "--sample-cvs", "4",
+              "--samples-per-cv", "2", "--max-new-tokens", "8", "--max-steps", "2", "--eval-every", "2"]
+    r = run(ROOT / "train_rm.py", *common, "--out", tmp_path / "s", check=False)
+    assert r.returncode == 2 and "no training triples" in r.stderr and "--feedback log" in r.stderr
+    assert not (tmp_path / "s").exists()
+    r = run(ROOT / "train_rm.py", *common, "--feedback", "both", "--out", tmp_path / "b")
+    assert "recruiter comparisons of G's samples: 0 training" in r.stdout
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["samples_train_pairs"] == 0 and metrics["eval_pairs"] > 0
+    r = run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", d / "data" / "rm_train.jsonl", "--feedback", "samples",
+            "--out", tmp_path / "o", check=False)
+    assert r.returncode == 2 and "needs the market's simulated recruiter" in r.stderr

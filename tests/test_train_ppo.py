@@ -1,0 +1,93 @@
+"""train_ppo.py as a user runs it, on a tiny market with a tiny G and U: what it writes, that a resumed
+run ends exactly where an uninterrupted one does, and the errors a user can meet."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from girl.market import build
+from girl.model import RewardModel, Transformer
+from girl.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300,
+                          check=check, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory):
+    """A tiny market, G after a few SFT steps and U after a few steps on the application log's triples."""
+    d = tmp_path_factory.mktemp("ppo")
+    build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=12, eval=6))
+    run(ROOT / "train_sft.py", "--market-dir", d / "data", "--lang", "en", "--max-steps", "4", "--eval-every", "4",
+        "--oracle-cvs", "0", "--out", d / "ckpt" / "sft")
+    run(ROOT / "train_rm.py", "--market-dir", d / "data", "--lang", "en", "--feedback", "log", "--samples-per-cv", "0",
+        "--sft", d / "ckpt" / "sft", "--max-steps", "2", "--eval-every", "2", "--out", d / "ckpt" / "rm")
+    return d
+
+
+def ppo(d, out, *extra, check=True):
+    return run(ROOT / "train_ppo.py", "--init", d / "ckpt", "--market-dir", d / "data", "--lang", "en",
+               "--batch-size", "4", "--minibatch-size", "2", "--ppo-epochs", "2", "--max-new-tokens", "12",
+               "--eval-cvs", "4", "--out", out, *extra, check=check)
+
+
+def test_writes_the_new_g_and_its_metrics(init, tmp_path):
+    r = ppo(init, tmp_path / "ppo", "--iterations", "2")
+    assert "iter 2/2" in r.stdout
+    metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
+    for key in ("reward_before", "reward_after", "oracle_before", "oracle_after", "parse_rate_after", "kl_after"):
+        assert isinstance(metrics[key], float), key
+    lines = (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    for key in ("score_mean", "score_std", "kl", "entropy", "approx_kl", "clip_frac", "value_loss",
+                "explained_variance", "response_length", "eos_rate", "oracle"):
+        assert key in first, key
+    assert first["first_minibatch_logratio"] == 0.0  # old and new policy agree before the first step
+    actor = Transformer.from_pretrained(tmp_path / "ppo")  # an ordinary HF causal-LM folder: the new G
+    g = Transformer.from_pretrained(init / "ckpt" / "sft")
+    assert any(not torch.equal(a, b) for a, b in zip(actor.state_dict().values(), g.state_dict().values()))
+    critic = RewardModel.from_pretrained(tmp_path / "ppo-last" / "critic")
+    u = RewardModel.from_pretrained(init / "ckpt" / "rm")
+    assert not torch.equal(critic.head.weight, u.head.weight)  # the critic trained; U stayed as it was
+
+
+def test_resumed_run_equals_uninterrupted_run(init, tmp_path):
+    ppo(init, tmp_path / "a", "--iterations", "3")
+    ppo(init, tmp_path / "b", "--iterations", "2", "--save-every", "1")  # as if stopped after iteration 2
+    r = ppo(init, tmp_path / "b", "--iterations", "3", "--resume")
+    assert "resuming at iteration 2" in r.stdout
+    for part in ("actor", "critic"):
+        a = load_file(str(tmp_path / "a-last" / part / "model.safetensors"))
+        b = load_file(str(tmp_path / "b-last" / part / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in ("a", "b"))
+    assert a["reward_after"] == b["reward_after"] and a["oracle_after"] == b["oracle_after"]
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_errors_a_user_can_meet(init, tmp_path):
+    r = ppo(init, tmp_path / "o", "--init", tmp_path / "nothing", check=False)
+    assert r.returncode == 2 and "run python train_sft.py first" in r.stderr
+    # a U whose tokenizer is not G's: the critic could not read G's tokens
+    other = tmp_path / "rm-other"
+    shutil.copytree(init / "ckpt" / "rm", other)
+    Tokenizer.train(["a tokenizer trained on other text", "has other merges"], 300).save_pretrained(other)
+    r = ppo(init, tmp_path / "o", "--rm", other, check=False)
+    assert r.returncode == 2 and "another tokenizer" in r.stderr
+    bad = tmp_path / "cvs.jsonl"
+    bad.write_text('{"cv": "a CV"}\n{"cv": 3}\n')
+    r = ppo(init, tmp_path / "o", "--data", bad, check=False)
+    assert r.returncode == 2 and f"{bad}:2" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,285 @@
+"""Stage 3, RLRF: align the generator G with the reward model U by PPO (GIRL §3.3).
+
+    python train_ppo.py --init ckpt/                      # G = ckpt/sft, U = ckpt/rm; writes ckpt/ppo
+    python train_ppo.py --sft my-g/ --rm my-u/ --data cvs.jsonl
+    python train_ppo.py --init ckpt/ --resume             # continue an interrupted run
+
+Four models: the actor (starts as G, becomes the new G), a frozen reference copy of G, the frozen reward
+model U, and the critic (U's backbone, its scalar head read at every token as V(s_t)). Each iteration
+samples one J′ per CV, scores it with U, and makes K epochs of clipped updates on rewards
+r_t = −β·KL_t (+ U's score at the last token), with GAE advantages (girl/ppo.py holds every formula).
+The CVs are the market's PPO split: seekers never used by SFT or the reward model.
+
+Before training and at the end the actor is evaluated on held-out CVs with fixed seeds: U's score, KL to
+the reference, and on the market the oracle's score of each J′ (the reward hacking check U cannot do).
+Writes --out (default ckpt/ppo): the actor as a Hugging Face folder with metrics.json and metrics.jsonl
+(one line per iteration); --out-last holds actor, critic and optimizer states for --resume.
+"""
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from girl import market, ppo
+from girl.checkpoint import CheckpointError, atomic_dir, write_json
+from girl.data import DataError, read_jsonl, right_pad, sft_example
+from girl.hub import HubError
+from girl.model import RewardModel, Transformer
+from girl.template import TEMPLATE, prompt_ids
+from girl.tokenizer import Tokenizer
+from girl.training import fail, load_state, log, param_groups, save_checkpoint, save_state
+
+p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+# Models
+p.add_argument("--init", default="ckpt", help="folder holding sft/ (G) and rm/ (U) (default: ckpt)")
+p.add_argument("--sft", help="G's checkpoint (default: INIT/sft)")
+p.add_argument("--rm", help="U's checkpoint; must share G's tokenizer, since the critic reads G's tokens "
+                            "(default: INIT/rm)")
+# Data
+p.add_argument("--data", help='JSONL of {"cv"} prompts (default: the market\'s ppo.jsonl)')
+p.add_argument("--eval-data", help='held-out JSONL of {"cv"} (+ "seeker" for the oracle) (default: the market\'s eval.jsonl)')
+p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
+p.add_argument("--lang", default="zh", choices=list(TEMPLATE), help="prompt and market language (default: zh)")
+p.add_argument("--max-cv-tokens", type=int, default=160, help="longer CVs are cut to this many tokens (default: 160)")
+# Rollout
+p.add_argument("--batch-size", type=int, default=64, help="CVs (one J′ each) per iteration (default: 64)")
+p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of rollouts and of π (default: 0.7)")
+p.add_argument("--max-new-tokens", type=int, default=96, help="J′ length limit (default: 96)")
+p.add_argument("--no-eos-score", type=float, default=-3.0,
+               help="score of a J′ that does not end with EOS, in units of the normalised score (default: -3)")
+# PPO
+p.add_argument("--iterations", type=int, default=75, help="rollout + update rounds (default: 75)")
+p.add_argument("--ppo-epochs", type=int, default=4, help="passes over each batch of rollouts (default: 4)")
+p.add_argument("--minibatch-size", type=int, default=16, help="rollouts per gradient step (default: 16)")
+p.add_argument("--clip", type=float, default=0.2, help="ε of the clipped policy ratio (default: 0.2)")
+p.add_argument("--value-clip", type=float, default=0.2, help="ε_v of the clipped value loss (default: 0.2)")
+p.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (default: 0.1)")
+p.add_argument("--gamma", type=float, default=1.0, help="discount γ (default: 1)")
+p.add_argument("--lam", type=float, default=0.95, help="GAE λ (default: 0.95)")
+p.add_argument("--kl-coef", type=float, default=0.05, help="β of the per-token KL penalty, or its start (default: 0.05)")
+p.add_argument("--kl-target", type=float, help="adapt β toward this KL per sequence (default: β fixed)")
+p.add_argument("--kl-horizon", type=int, default=10000, help="the adaptive controller's horizon (default: 10000)")
+p.add_argument("--kl-estimator", default="k1", choices=["k1", "k3"], help="per-token KL estimator (default: k1)")
+p.add_argument("--lr", type=float, help="actor learning rate (default: 1e-4 builtin-sized, 1e-6 over 100M parameters)")
+p.add_argument("--critic-lr", type=float, help="critic learning rate (default: 3x the actor's)")
+p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decay of weight matrices (default: 0)")
+p.add_argument("--grad-clip", type=float, default=1.0, help="clip each model's gradient norm to this (default: 1)")
+p.add_argument("--seed", type=int, default=0, help="seed of prompts order, sampling and the market (default: 0)")
+# Evaluation
+p.add_argument("--eval-cvs", type=int, default=200, help="held-out CVs scored before and after (default: 200)")
+p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N iterations; 0: only before/after")
+p.add_argument("--save-every", type=int, default=10, help="save the resumable state every N iterations (default: 10)")
+# Output
+p.add_argument("--out", default="ckpt/ppo", help="the trained actor, the new G (default: ckpt/ppo)")
+p.add_argument("--out-last", help="actor + critic + optimizer states for --resume (default: OUT-last)")
+p.add_argument("--resume", action="store_true", help="continue from --out-last")
+args = p.parse_args()
+args.sft = args.sft or str(Path(args.init) / "sft")
+args.rm = args.rm or str(Path(args.init) / "rm")
+args.out_last = args.out_last or args.out.rstrip("/") + "-last"
+
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+torch.manual_seed(args.seed)
+cuda = device.type == "cuda"
+autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (lambda: torch.autocast("cpu", enabled=False))
+
+# ----------------------------------------------------------------------------- data
+try:
+    if args.data is None or args.eval_data is None:
+        mdir = market.ensure(args.market_dir, args.lang, args.seed)
+    train_rows = read_jsonl(args.data or mdir / "ppo.jsonl", "ppo")
+    eval_rows = read_jsonl(args.eval_data or mdir / "eval.jsonl", "ppo")[: args.eval_cvs]
+except DataError as e:
+    fail(str(e))
+on_market = all("seeker" in r for r in eval_rows)
+seekers = [market.seeker_from_json(r["seeker"]) for r in eval_rows] if on_market else None
+log(f"data: {len(train_rows)} PPO CVs, {len(eval_rows)} held-out CVs" + (" (with the oracle)" if on_market else ""))
+
+# ----------------------------------------------------------------------------- the four models
+resuming = args.resume and (Path(args.out_last) / "actor" / "trainer_state.json").is_file()
+if args.resume and not resuming:
+    log(f"--resume: no state in {args.out_last}, starting fresh")
+for name, folder, script in (("G", args.sft, "train_sft.py"), ("U", args.rm, "train_rm.py")):
+    if not Path(folder).is_dir():
+        fail(f"{folder}: no checkpoint of {name}; run python {script} first (or pass --{'sft' if name == 'G' else 'rm'} DIR)")
+try:
+    tok = Tokenizer.from_pretrained(args.sft)
+    tok_u = Tokenizer.from_pretrained(args.rm)
+    actor_dir, critic_dir = (Path(args.out_last) / "actor", Path(args.out_last) / "critic") if resuming else (args.sft, args.rm)
+    # trained weights in float32 (bf16 autocast on CUDA); the frozen ones may stay in bf16 on CUDA
+    actor = Transformer.from_pretrained(actor_dir, dtype=torch.float32, device=device)
+    critic = RewardModel.from_pretrained(critic_dir, dtype=torch.float32, device=device)
+    ref = Transformer.from_pretrained(args.sft, device=device).requires_grad_(False)
+    U = RewardModel.from_pretrained(args.rm, device=device).requires_grad_(False)
+except (CheckpointError, HubError) as e:
+    fail(str(e))
+if tok.eos_id is None:
+    fail(f"{args.sft}: the tokenizer has no EOS token; J′ could never end")
+if tok.tk.get_vocab() != tok_u.tk.get_vocab():
+    fail(f"{args.rm} has another tokenizer than {args.sft}: the critic (U's backbone) must read G's tokens. "
+         "Train U with train_rm.py --sft pointing at this G, or use a U of the same family")
+pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
+n_actor = actor.num_parameters()
+log(f"actor/reference: {actor.config.model_type} {n_actor / 1e6:.2f}M; U/critic: {U.config.model_type} "
+    f"{U.num_parameters() / 1e6:.2f}M")
+args.lr = args.lr or (1e-4 if n_actor < 1e8 else 1e-6)
+args.critic_lr = args.critic_lr or 3 * args.lr
+actor_opt = torch.optim.AdamW(param_groups(actor, args.weight_decay), lr=args.lr, betas=(0.9, 0.95), fused=cuda)
+critic_opt = torch.optim.AdamW(param_groups(critic, args.weight_decay), lr=args.critic_lr, betas=(0.9, 0.95), fused=cuda)
+cfg = ppo.PPOConfig(epochs=args.ppo_epochs, minibatch_size=args.minibatch_size, clip=args.clip,
+                    value_clip=args.value_clip, vf_coef=args.vf_coef, gamma=args.gamma, lam=args.lam,
+                    kl_estimator=args.kl_estimator, temperature=args.temperature, grad_clip=args.grad_clip)
+
+
+def prompts_of(rows):
+    return [prompt_ids(tok, r["cv"], args.lang, args.max_cv_tokens)[0] for r in rows]
+
+
+def texts_of(batch: ppo.Rollout) -> list[str]:
+    """J′ as text: the response up to (not including) its EOS."""
+    out = []
+    for tokens, mask in zip(batch.response.tolist(), batch.mask.tolist()):
+        ids = [t for t, m in zip(tokens, mask) if m and t != tok.eos_id]
+        out.append(tok.decode(ids))
+    return out
+
+
+@torch.no_grad()
+def u_scores(rows, texts) -> torch.Tensor:
+    """U(C, J′) as U was trained to read it: template(C, J′) + EOS in U's tokenizer."""
+    seqs = [sft_example(tok_u, r["cv"], t, args.lang, U.config.max_seq_len)[0]["input_ids"] for r, t in zip(rows, texts)]
+    out = []
+    for i in range(0, len(seqs), 64):
+        ids, mask = right_pad(seqs[i : i + 64], tok_u.pad_id if tok_u.pad_id is not None else tok_u.eos_id)
+        with autocast():
+            out.append(U(ids.to(device), attention_mask=mask.to(device)).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(policy) -> dict:
+    """The policy on the held-out CVs, sampled at the rollout temperature from a fixed seed."""
+    g = torch.Generator(device=device).manual_seed(args.seed + 12345)
+    scores, kls, lengths, ended, texts = [], [], [], [], []
+    for i in range(0, len(eval_rows), 64):
+        rows = eval_rows[i : i + 64]
+        batch = ppo.rollout(policy, prompts_of(rows), args.max_new_tokens, tok.eos_id, pad_id, args.temperature, g)
+        t = texts_of(batch)
+        with autocast():
+            lp, _ = ppo.response_logprobs(policy, batch.ids, batch.attention_mask, batch.prompt_len, args.temperature)
+            lp_ref, _ = ppo.response_logprobs(ref, batch.ids, batch.attention_mask, batch.prompt_len, args.temperature)
+        kls.append(((lp - lp_ref) * batch.mask).sum(-1))  # k1 per sequence: unbiased for KL(π ‖ π_ref)
+        scores.append(u_scores(rows, t))
+        lengths.append(batch.mask.sum(-1).float())
+        ended.append(batch.ended.float())
+        texts += t
+    scores = torch.cat(scores)
+    out = {"reward": scores.mean().item(), "reward_std": scores.std().item(), "kl": torch.cat(kls).mean().item(),
+           "response_length": torch.cat(lengths).mean().item(), "eos_rate": torch.cat(ended).mean().item()}
+    if on_market:
+        o = market.oracle_eval(seekers, texts, args.lang)
+        out.update(oracle=o["oracle_mean"], oracle_sem=o["oracle_sem"], parse_rate=o["parse_rate"])
+    out["example"] = {"cv": eval_rows[0]["cv"], "jd": texts[0]}
+    return out
+
+
+def save_last(state):
+    with atomic_dir(args.out_last) as tmp:
+        save_checkpoint(tmp / "actor", actor, tok, args)
+        save_checkpoint(tmp / "critic", critic, tok_u, args)
+        save_state(tmp / "actor", actor, actor_opt, state)
+        save_state(tmp / "critic", critic, critic_opt, state)
+
+
+# ----------------------------------------------------------------------------- before
+state = {"iteration": 0, "kl_coef": args.kl_coef, "score_mean": None, "score_std": None, "before": None}
+if resuming:
+    state = load_state(Path(args.out_last) / "actor", actor, actor_opt)
+    load_state(Path(args.out_last) / "critic", critic, critic_opt)
+    log(f"resuming at iteration {state['iteration']} from {args.out_last}")
+if state["before"] is None:
+    t0 = time.time()
+    state["before"] = evaluate(actor)
+    log(f"before: {json.dumps({k: round(v, 4) for k, v in state['before'].items() if k != 'example'})} "
+        f"({time.time() - t0:.0f}s)")
+kl_ctl = ppo.KLController(state["kl_coef"], args.kl_target, args.kl_horizon)
+metrics_path = Path(args.out_last.rstrip("/") + ".metrics.jsonl")  # one line per iteration, beside --out-last
+kept = metrics_path.read_text(encoding="utf-8").splitlines() if resuming and metrics_path.is_file() else []
+kept = [line for line in kept if json.loads(line)["iteration"] <= state["iteration"]]  # drop what the crash lost
+metrics_path.parent.mkdir(parents=True, exist_ok=True)
+metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+# ----------------------------------------------------------------------------- PPO
+# U's raw scale is arbitrary; the reward is U's score standardised by its mean and std on G's first
+# rollouts, fixed from then on, so β, the no-EOS score and the learning rates mean the same for any U
+t_start, first_iteration = time.time(), state["iteration"]
+for it in range(state["iteration"], args.iterations):
+    # the CVs and the sampling seed are functions of the iteration alone: a resumed run goes on exactly
+    epoch, start = divmod(it * args.batch_size, len(train_rows))
+    order = list(range(len(train_rows)))
+    random.Random(args.seed + epoch).shuffle(order)
+    rows = [train_rows[order[(start + k) % len(order)]] for k in range(args.batch_size)]
+    g = torch.Generator(device=device).manual_seed(args.seed * 100003 + it)
+    t0 = time.time()
+    batch = ppo.rollout(actor, prompts_of(rows), args.max_new_tokens, tok.eos_id, pad_id, args.temperature, g)
+    texts = texts_of(batch)
+    raw = u_scores(rows, texts)
+    if state["score_mean"] is None:
+        state["score_mean"], state["score_std"] = raw.mean().item(), max(raw.std().item(), 1e-6)
+    scores = (raw - state["score_mean"]) / state["score_std"]
+    scores = torch.where(batch.ended, scores, torch.full_like(scores, args.no_eos_score))
+    t_rollout = time.time() - t0
+    stats = ppo.update(actor, critic, ref, batch, scores, kl_ctl.beta, cfg, actor_opt, critic_opt, autocast, g)
+    stats["u_score_raw"] = raw.mean().item()
+    if on_market and rows[0].get("seeker"):
+        o = market.oracle_eval([market.seeker_from_json(r["seeker"]) for r in rows], texts, args.lang)
+        stats.update(oracle=o["oracle_mean"], parse_rate=o["parse_rate"])
+    kl_ctl.update(stats["kl"], args.batch_size)
+    state.update(iteration=it + 1, kl_coef=kl_ctl.beta)
+    stats.update(iteration=it + 1, seconds=time.time() - t0, rollout_seconds=t_rollout)
+    with metrics_path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(stats) + "\n")
+    elapsed = time.time() - t_start
+    eta = elapsed / (it + 1 - first_iteration) * (args.iterations - it - 1)
+    log(f"iter {it + 1}/{args.iterations}  score {stats['score_mean']:+.3f}  kl {stats['kl']:.2f}  "
+        f"entropy {stats['entropy']:.2f}  clip {stats['clip_frac']:.3f}  vloss {stats['value_loss']:.3f}  "
+        f"ev {stats['explained_variance']:.2f}  len {stats['response_length']:.0f}  eos {stats['eos_rate']:.2f}"
+        + (f"  oracle {stats['oracle']:.3f}" if "oracle" in stats else "")
+        + f"  {stats['seconds']:.1f}s/iter  eta {eta:.0f}s")
+    if args.eval_every and (it + 1) % args.eval_every == 0 and it + 1 < args.iterations:
+        e = evaluate(actor)
+        log(f"eval: {json.dumps({k: round(v, 4) for k, v in e.items() if k != 'example'})}")
+    if (it + 1) % args.save_every == 0 or it + 1 == args.iterations:
+        save_last(state)
+train_seconds = time.time() - t_start
+
+# ----------------------------------------------------------------------------- after
+after = evaluate(actor)
+before = state["before"]
+metrics = {"reward_before": before["reward"], "reward_after": after["reward"],
+           "reward_std_before": before["reward_std"], "kl_after": after["kl"],
+           "eos_rate_before": before["eos_rate"], "eos_rate_after": after["eos_rate"],
+           "length_before": before["response_length"], "length_after": after["response_length"],
+           "iterations": state["iteration"], "train_seconds": train_seconds, "eval_cvs": len(eval_rows),
+           "score_norm": [state["score_mean"], state["score_std"]], "final_kl_coef": kl_ctl.beta,
+           "example_before": before["example"], "example_after": after["example"]}
+if on_market:
+    metrics.update(oracle_before=before["oracle"], oracle_after=after["oracle"], oracle_sem_before=before["oracle_sem"],
+                   oracle_sem_after=after["oracle_sem"], parse_rate_before=before["parse_rate"],
+                   parse_rate_after=after["parse_rate"])
+with atomic_dir(args.out) as tmp:
+    actor.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    write_json(tmp / "train_args.json", vars(args))
+    write_json(tmp / "metrics.json", metrics)
+    (tmp / "metrics.jsonl").write_bytes(metrics_path.read_bytes())
+log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if not k.startswith("example")}))
+log(f"wrote {args.out}/ (the new G) and {args.out_last}/ (resumable)")
+if math.isnan(after["reward"]):
+    fail("the reward became NaN; lower --lr")
