@@ -141,6 +141,11 @@ def prompts_of(rows):
     return [prompt_ids(tok, r["cv"], args.lang, args.max_cv_tokens)[0] for r in rows]
 
 
+cut = sum(prompt_ids(tok, r["cv"], args.lang, args.max_cv_tokens)[1] for r in train_rows + eval_rows)
+if cut:
+    log(f"{cut} CVs are longer than --max-cv-tokens {args.max_cv_tokens} and are cut to it")
+
+
 def texts_of(batch: ppo.Rollout) -> list[str]:
     """J′ as text: the response up to (not including) its EOS."""
     out = []

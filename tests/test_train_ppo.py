@@ -43,8 +43,9 @@ def ppo(d, out, *extra, check=True):
 
 
 def test_writes_the_new_g_and_its_metrics(init, tmp_path):
-    r = ppo(init, tmp_path / "ppo", "--iterations", "2")
+    r = ppo(init, tmp_path / "ppo", "--iterations", "2", "--max-cv-tokens", "10")
     assert "iter 2/2" in r.stdout
+    assert "16 CVs are longer than --max-cv-tokens 10 and are cut to it" in r.stdout  # 12 PPO + 4 held-out
     metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
     for key in ("reward_before", "reward_after", "oracle_before", "oracle_after", "parse_rate_after", "kl_after"):
         assert isinstance(metrics[key], float), key
