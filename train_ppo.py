@@ -30,6 +30,7 @@ from girl.checkpoint import CheckpointError, atomic_dir, write_json
 from girl.data import DataError, read_jsonl, right_pad, sft_example
 from girl.hub import HubError
 from girl.model import RewardModel, Transformer
+from girl.sampling import response_texts
 from girl.template import TEMPLATE, prompt_ids
 from girl.tokenizer import Tokenizer
 from girl.training import fail, load_state, log, param_groups, save_checkpoint, save_state
@@ -146,15 +147,6 @@ if cut:
     log(f"{cut} CVs are longer than --max-cv-tokens {args.max_cv_tokens} and are cut to it")
 
 
-def texts_of(batch: ppo.Rollout) -> list[str]:
-    """J′ as text: the response up to (not including) its EOS."""
-    out = []
-    for tokens, mask in zip(batch.response.tolist(), batch.mask.tolist()):
-        ids = [t for t, m in zip(tokens, mask) if m and t != tok.eos_id]
-        out.append(tok.decode(ids))
-    return out
-
-
 @torch.no_grad()
 def u_scores(rows, texts) -> torch.Tensor:
     """U(C, J′) as U was trained to read it: template(C, J′) + EOS in U's tokenizer."""
@@ -175,7 +167,7 @@ def evaluate(policy) -> dict:
     for i in range(0, len(eval_rows), 64):
         rows = eval_rows[i : i + 64]
         batch = ppo.rollout(policy, prompts_of(rows), args.max_new_tokens, tok.eos_id, pad_id, args.temperature, g)
-        t = texts_of(batch)
+        t = response_texts(tok, batch.response, batch.mask)
         with autocast():
             lp, _ = ppo.response_logprobs(policy, batch.ids, batch.attention_mask, batch.prompt_len, args.temperature)
             lp_ref, _ = ppo.response_logprobs(ref, batch.ids, batch.attention_mask, batch.prompt_len, args.temperature)
@@ -233,7 +225,7 @@ for it in range(state["iteration"], args.iterations):
     g = torch.Generator(device=device).manual_seed(args.seed * 100003 + it)
     t0 = time.time()
     batch = ppo.rollout(actor, prompts_of(rows), args.max_new_tokens, tok.eos_id, pad_id, args.temperature, g)
-    texts = texts_of(batch)
+    texts = response_texts(tok, batch.response, batch.mask)
     raw = u_scores(rows, texts)
     if state["score_mean"] is None:
         state["score_mean"], state["score_std"] = raw.mean().item(), max(raw.std().item(), 1e-6)

@@ -32,7 +32,7 @@ from girl.data import DataError, right_pad, sft_example
 from girl.hub import HubError
 from girl.losses import rm_loss
 from girl.model import RewardModel, Transformer
-from girl.sampling import generate
+from girl.sampling import generate, response_texts
 from girl.template import TEMPLATE, prompt_ids
 from girl.tokenizer import Tokenizer
 from girl.training import (Progress, distributed, fail, load_rows, load_state, log, lr_at, param_groups,
@@ -140,13 +140,10 @@ log(f"U: {model.config.model_type}, {u_parameters / 1e6:.2f}M parameters"
     + (f" (G: {g_parameters / 1e6:.2f}M)" if g_parameters else ""), rank=rank)
 
 
-
 @torch.no_grad()
-def feedback_on_samples(rows: list[dict], n_cvs: int | None) -> list[dict]:
+def feedback_on_samples(G, g_tok, rows: list[dict], n_cvs: int) -> list[dict]:
     """(C, J+, J−) triples from a recruiter's comparisons of G's own samples: K J′ for each of the first
     n_cvs distinct CVs of rows, every pair of them judged by market.recruiter_prefers (ties dropped)."""
-    g_tok = Tokenizer.from_pretrained(args.sft)
-    G = Transformer.from_pretrained(args.sft, device=device)
     cvs = list({r["cv"]: r["seeker"] for r in rows}.items())[:n_cvs]
     K, rng = args.samples_per_cv, random.Random(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -157,8 +154,7 @@ def feedback_on_samples(rows: list[dict], n_cvs: int | None) -> list[dict]:
         with autocast:
             o = generate(G, prompts, args.max_new_tokens, eos_id=g_tok.eos_id, pad_id=g_tok.pad_id or 0,
                          temperature=args.sample_temperature, generator=gen)
-        texts = [g_tok.decode([t for t, m in zip(row, mask) if m and t != g_tok.eos_id])
-                 for row, mask in zip(o.tokens.tolist(), o.mask.tolist())]
+        texts = response_texts(g_tok, o.tokens, o.mask)
         for j, (cv, seeker) in enumerate(chunk):
             s, jds = market.seeker_from_json(seeker), texts[j * K : (j + 1) * K]
             for a in range(K):
@@ -179,8 +175,10 @@ if on_market and args.samples_per_cv > 1:  # held-out comparisons of samples are
     if not Path(args.sft).is_dir():
         fail(f"{args.sft}: no G checkpoint to sample J′ from; run python train_sft.py first (or --samples-per-cv 0)")
     t0 = time.time()
-    sample_train_rows = feedback_on_samples(train_rows, args.sample_cvs) if args.feedback != "log" else []
-    sample_eval_rows = feedback_on_samples(eval_rows, 200)
+    G, g_tok = Transformer.from_pretrained(args.sft, device=device), Tokenizer.from_pretrained(args.sft)
+    sample_train_rows = feedback_on_samples(G, g_tok, train_rows, args.sample_cvs) if args.feedback != "log" else []
+    sample_eval_rows = feedback_on_samples(G, g_tok, eval_rows, 200)
+    del G
     log(f"recruiter comparisons of G's samples: {len(sample_train_rows)} training, {len(sample_eval_rows)} held-out "
         f"({args.samples_per_cv} per CV, T={args.sample_temperature}, {time.time() - t0:.0f}s)", rank=rank)
 

@@ -24,6 +24,12 @@ class Generation:
     mask: torch.Tensor  # [B, N] True for generated tokens, up to and including EOS
 
 
+def response_texts(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Each row's generated text: its real tokens, without the EOS that ended it."""
+    return [tok.decode([t for t, m in zip(row, keep) if m and t != tok.eos_id])
+            for row, keep in zip(tokens.tolist(), mask.tolist())]
+
+
 def left_pad(prompts: list[list[int]], pad_id: int, device=None):
     """input_ids and attention_mask [B, max_len] with each prompt flush right."""
     width = max(len(p) for p in prompts)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from girl.model import Transformer
-from girl.sampling import generate, left_pad, sample_next
+from girl.sampling import generate, left_pad, response_texts, sample_next
+from girl.tokenizer import Tokenizer
 from stories260k import BOS, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -128,3 +129,12 @@ def test_bad_arguments(stories):
         generate(stories, [[BOS]], max_new_tokens=4, temperature=0)
     with pytest.raises(ValueError, match="exceed the model's max_seq_len 512"):
         generate(stories, [[BOS] * 500], max_new_tokens=20)
+
+
+def test_response_texts_stop_at_eos():
+    tok = Tokenizer.train(["hello world", "job description"], 300)
+    hello, world = tok.encode("hello"), tok.encode(" world")
+    row = hello + world + [tok.eos_id, tok.pad_id]
+    tokens = torch.tensor([row, hello + [tok.pad_id] * (len(row) - len(hello))])
+    mask = torch.tensor([[True] * (len(row) - 1) + [False], [True] * len(hello) + [False] * (len(row) - len(hello))])
+    assert response_texts(tok, tokens, mask) == ["hello world", "hello"]
