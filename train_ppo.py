@@ -33,7 +33,7 @@ from girl.model import RewardModel, Transformer
 from girl.sampling import response_texts
 from girl.template import TEMPLATE, prompt_ids
 from girl.tokenizer import Tokenizer
-from girl.training import fail, load_state, log, param_groups, save_checkpoint, save_state
+from girl.training import fail, load_state, log, param_groups, save_checkpoint
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,10 +188,8 @@ def evaluate(policy) -> dict:
 
 def save_last(state):
     with atomic_dir(args.out_last) as tmp:
-        save_checkpoint(tmp / "actor", actor, tok, args)
-        save_checkpoint(tmp / "critic", critic, tok_u, args)
-        save_state(tmp / "actor", actor, actor_opt, state)
-        save_state(tmp / "critic", critic, critic_opt, state)
+        save_checkpoint(tmp / "actor", actor, tok, args, actor_opt, state)
+        save_checkpoint(tmp / "critic", critic, tok_u, args, critic_opt, state)
 
 
 # ----------------------------------------------------------------------------- before
