@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from girl import market, ppo
+from girl import evaluation, market, ppo
 from girl.checkpoint import CheckpointError, atomic_dir, write_json
-from girl.data import DataError, read_jsonl, right_pad, sft_example
+from girl.data import DataError, read_jsonl
 from girl.hub import HubError
 from girl.model import RewardModel, Transformer
 from girl.sampling import response_texts
@@ -147,42 +147,22 @@ if cut:
     log(f"{cut} CVs are longer than --max-cv-tokens {args.max_cv_tokens} and are cut to it")
 
 
-@torch.no_grad()
 def u_scores(rows, texts) -> torch.Tensor:
-    """U(C, J′) as U was trained to read it: template(C, J′) + EOS in U's tokenizer."""
-    seqs = [sft_example(tok_u, r["cv"], t, args.lang, U.config.max_seq_len)[0]["input_ids"] for r, t in zip(rows, texts)]
-    out = []
-    for i in range(0, len(seqs), 64):
-        ids, mask = right_pad(seqs[i : i + 64], tok_u.pad_id if tok_u.pad_id is not None else tok_u.eos_id)
-        with autocast():
-            out.append(U(ids.to(device), attention_mask=mask.to(device)).float())
-    return torch.cat(out)
+    return evaluation.u_scores(U, tok_u, [r["cv"] for r in rows], texts, args.lang, autocast)
 
 
-@torch.no_grad()
 def evaluate(policy) -> dict:
     """The policy on the held-out CVs, sampled at the rollout temperature from a fixed seed."""
     g = torch.Generator(device=device).manual_seed(args.seed + 12345)
-    scores, kls, lengths, ended, texts = [], [], [], [], []
-    for i in range(0, len(eval_rows), 64):
-        rows = eval_rows[i : i + 64]
-        batch = ppo.rollout(policy, prompts_of(rows), args.max_new_tokens, tok.eos_id, pad_id, args.temperature, g)
-        t = response_texts(tok, batch.response, batch.mask)
-        with autocast():
-            lp, _ = ppo.response_logprobs(policy, batch.ids, batch.attention_mask, batch.prompt_len, args.temperature)
-            lp_ref, _ = ppo.response_logprobs(ref, batch.ids, batch.attention_mask, batch.prompt_len, args.temperature)
-        kls.append(((lp - lp_ref) * batch.mask).sum(-1))  # k1 per sequence: unbiased for KL(π ‖ π_ref)
-        scores.append(u_scores(rows, t))
-        lengths.append(batch.mask.sum(-1).float())
-        ended.append(batch.ended.float())
-        texts += t
-    scores = torch.cat(scores)
-    out = {"reward": scores.mean().item(), "reward_std": scores.std().item(), "kl": torch.cat(kls).mean().item(),
-           "response_length": torch.cat(lengths).mean().item(), "eos_rate": torch.cat(ended).mean().item()}
+    s = evaluation.sample_jds(policy, tok, prompts_of(eval_rows), args.max_new_tokens, args.temperature, g,
+                              ref=ref, autocast=autocast)
+    scores = u_scores(eval_rows, s.texts)
+    out = {"reward": scores.mean().item(), "reward_std": scores.std().item(), "kl": sum(s.kl) / len(s.kl),
+           "response_length": sum(s.lengths) / len(s.lengths), "eos_rate": sum(s.ended) / len(s.ended)}
     if on_market:
-        o = market.oracle_eval(seekers, texts, args.lang)
+        o = market.oracle_eval(seekers, s.texts, args.lang)
         out.update(oracle=o["oracle_mean"], oracle_sem=o["oracle_sem"], parse_rate=o["parse_rate"])
-    out["example"] = {"cv": eval_rows[0]["cv"], "jd": texts[0]}
+    out["example"] = {"cv": eval_rows[0]["cv"], "jd": s.texts[0]}
     return out
 
 

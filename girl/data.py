@@ -86,7 +86,10 @@ def sft_example(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[dict, b
     prompt, _ = prompt_ids(tok, cv, lang)
     cv_cut = jd_cut = False
     if len(prompt) + len(target) > max_len:  # cut the CV first, keeping at least a quarter of max_len for it
-        budget = max(max_len - len(target) - (len(prompt) - len(tok.encode(cv))), max_len // 4)
+        overhead = len(prompt) - len(tok.encode(cv))
+        if overhead >= max_len:
+            raise ValueError(f"the prompt template alone is {overhead} tokens, max_len is {max_len}")
+        budget = max(max_len - len(target) - overhead, min(max_len // 4, max_len - overhead))
         prompt, cv_cut = prompt_ids(tok, cv, lang, max_cv_tokens=budget)
     if len(prompt) + len(target) > max_len:  # still too long: cut the JD's tail (it then has no EOS)
         target = target[: max_len - len(prompt)]

@@ -208,14 +208,16 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
     return counts
 
 
-def ensure(out_dir, lang: str = "zh", seed: int = 0) -> Path:
-    """The market's folder, built on first use (or rebuilt if it was made for another lang or seed)."""
+def ensure(out_dir, lang: str = "zh", seed: int | None = 0) -> Path:
+    """The market's folder, built on first use (or rebuilt if it was made for another lang or seed;
+    seed None takes a market of any seed, and builds seed 0 if there is none)."""
     out = Path(out_dir)
     meta = out / "market.json"
     if meta.is_file():
         m = json.loads(meta.read_text(encoding="utf-8"))
-        if m.get("lang") == lang and m.get("seed") == seed:
+        if m.get("lang") == lang and seed in (None, m.get("seed")):
             return out
+    seed = 0 if seed is None else seed
     print(f"building the synthetic job market ({lang}, seed {seed}) in {out}/ ...")
     build(out, lang, seed)
     return out
@@ -229,14 +231,22 @@ def job_from_json(d: dict) -> Job:
     return Job(**{**d, "salary": tuple(d["salary"]), "company": tuple(d["company"])})
 
 
-def references(seekers: list[Seeker], jobs: list[Job], seed: int = 0) -> dict:
-    """The floor and ceiling of the oracle on these seekers: a random real JD of the market, and the
-    seeker's best-matching job in the market."""
+def reference_jobs(seekers: list[Seeker], jobs: list[Job], seed: int = 0) -> tuple[list[int], list[int]]:
+    """The floor and ceiling of the oracle on these seekers, as indices into jobs: for each seeker a
+    random real JD of the market, and the seeker's best-matching job in the market."""
     rng = random.Random(seed)
     attrs = [j.attributes() for j in jobs]
-    random_jd = [compatibility(s, rng.choice(attrs)) for s in seekers]
-    best = [max(compatibility(s, a) for a in attrs) for s in seekers]
-    return dict(oracle_random_jd=sum(random_jd) / len(seekers), oracle_best_job=sum(best) / len(seekers))
+    random_jd = [rng.randrange(len(jobs)) for _ in seekers]
+    best = [max(range(len(jobs)), key=lambda i: compatibility(s, attrs[i])) for s in seekers]
+    return random_jd, best
+
+
+def references(seekers: list[Seeker], jobs: list[Job], seed: int = 0) -> dict:
+    """The oracle's mean for reference_jobs: a random real JD (the floor), the seeker's best job (the ceiling)."""
+    random_jd, best = reference_jobs(seekers, jobs, seed)
+    attrs = [j.attributes() for j in jobs]
+    return dict(oracle_random_jd=sum(compatibility(s, attrs[i]) for s, i in zip(seekers, random_jd)) / len(seekers),
+                oracle_best_job=sum(compatibility(s, attrs[i]) for s, i in zip(seekers, best)) / len(seekers))
 
 
 if __name__ == "__main__":

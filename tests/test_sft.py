@@ -78,6 +78,17 @@ def test_long_cv_is_cut_before_the_jd(tok):
     assert example["input_ids"][: template_overhead(tok, "en") - 3] == prompt_ids(tok, cv, "en")[0][: template_overhead(tok, "en") - 3]
 
 
+
+def test_example_never_exceeds_max_len_when_the_template_fills_most_of_it(tok):
+    """A quarter of max_len for the CV is more than the template leaves: the CV gets what is left, the JD is cut."""
+    overhead = template_overhead(tok, "en")
+    cv, jd = PAIRS[0][0] + " and more" * 20, PAIRS[0][1] + " and more" * 20
+    for max_len in (overhead + 1, overhead + 10, 4 * overhead // 3):
+        example, cv_cut, jd_cut = sft_example(tok, cv, jd, "en", max_len)
+        assert len(example["input_ids"]) == max_len and cv_cut and jd_cut
+    with pytest.raises(ValueError, match="template alone"):
+        sft_example(tok, cv, jd, "en", overhead)
+
 def test_tiny_model_memorises_four_pairs(tok):
     torch.manual_seed(0)
     model = Transformer(Config(model_type="llama", vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4,

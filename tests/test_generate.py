@@ -1,0 +1,176 @@
+"""generate.py as a user runs it, on a tiny random G, a perturbed copy of it as "PPO", a tiny U and a tiny
+market: one CV, a JSONL batch, ranking with U, the evaluation table, and every bad input it must refuse."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from girl import market
+from girl.data import right_pad, sft_example
+from girl.model import Config, RewardModel, Transformer
+from girl.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CV = "Name: Ann Lee\nSkills: Python, SQL\nExperience: 3 years\nCity: Shanghai"
+
+
+def run(*args, cwd, check=True):
+    return subprocess.run([sys.executable, ROOT / "generate.py", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, check=check, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """data/ (a tiny en market) and ckpt/{sft,ppo,rm} as the pipeline would leave them, ppo the newest."""
+    d = tmp_path_factory.mktemp("gen")
+    market.build(d / "data", "en", seed=0, n_jobs=60, seekers=dict(sft=30, rm=0, ppo=0, eval=12))
+    rows = [json.loads(line) for line in (d / "data" / "sft_train.jsonl").read_text().splitlines()]
+    tok = Tokenizer.train([r["cv"] for r in rows] + [r["jd"] for r in rows], 400)
+    torch.manual_seed(0)
+    config = Config(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64,
+                    max_seq_len=256, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    G = Transformer(config)
+    U = RewardModel(config)
+    for name, model in (("sft", G), ("rm", U), ("ppo", G)):
+        if name == "ppo":  # "PPO" moved G's weights a little
+            with torch.no_grad():
+                for w in G.parameters():
+                    w.add_(0.05 * torch.randn_like(w))
+        out = d / "ckpt" / name
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        (out / "train_args.json").write_text(json.dumps({"lang": "en"}))
+    os.utime(d / "ckpt" / "sft" / "config.json", (1e9, 1e9))  # written long before ckpt/ppo
+    return d
+
+
+def test_one_cv_as_text_and_as_json(world):
+    r = run("--cv", CV, "--num-return", "2", "--max-new-tokens", "12", cwd=world)
+    assert r.stdout.startswith("G: ckpt/ppo (the newer of ckpt/ppo, ckpt/sft)")
+    assert "CV (the CV):\n    Name: Ann Lee\n" in r.stdout and "J′ 2/2" in r.stdout
+    a = [json.loads(line) for line in run("--cv", CV, "--num-return", "2", "--max-new-tokens", "12", "--json",
+                                          cwd=world).stdout.splitlines()]
+    assert len(a) == 1 and a[0]["cv"] == CV and len(a[0]["jds"]) == 2
+    assert {"jd", "ended"} <= set(a[0]["jds"][0])
+    b = json.loads(run("--cv", CV, "--num-return", "2", "--max-new-tokens", "12", "--json", cwd=world).stdout)
+    assert b == a[0]  # the same seed writes the same J′
+    c = json.loads(run("--cv", CV, "--num-return", "2", "--max-new-tokens", "12", "--json", "--seed", "1",
+                       cwd=world).stdout)
+    assert c != a[0]
+
+
+def test_default_is_the_newest_g_on_a_held_out_market_cv(world, tmp_path):
+    r = run("--max-new-tokens", "8", cwd=world)
+    assert "G: ckpt/ppo" in r.stdout and "CV (held-out market CV 0):" in r.stdout
+    assert "oracle" in r.stdout  # the market knows this seeker, so every J′ gets its ground-truth score
+    newer = tmp_path / "w"  # the same world with SFT rerun after PPO
+    shutil.copytree(world, newer)
+    os.utime(newer / "ckpt" / "ppo" / "config.json", (1e9, 1e9))
+    os.utime(newer / "ckpt" / "sft" / "config.json")
+    assert run("--max-new-tokens", "8", cwd=newer).stdout.startswith("G: ckpt/sft")
+
+
+def test_jsonl_batch(world, tmp_path):
+    cvs = tmp_path / "cvs.jsonl"
+    cvs.write_text("".join(json.dumps({"id": f"s{i}", "cv": f"{CV}\nNo. {i}"}) + "\n" for i in range(5)))
+    r = run("--input", cvs, "--output", tmp_path / "out" / "jds.jsonl", "--num-return", "3", "--batch-size", "6",
+            "--max-new-tokens", "8", cwd=world)
+    assert "5/5 CVs" in r.stderr  # progress, batch by batch
+    out = [json.loads(line) for line in (tmp_path / "out" / "jds.jsonl").read_text().splitlines()]
+    assert [o["id"] for o in out] == [f"s{i}" for i in range(5)]
+    assert all(len(o["jds"]) == 3 and o["cv"].endswith(f"No. {i}") for i, o in enumerate(out))
+
+
+def test_rank_with_u_sorts_by_u_and_reports_its_scores(world):
+    r = run("--cv", CV, "--num-return", "6", "--max-new-tokens", "16", "--rank-with", "ckpt/rm", "--json", cwd=world)
+    jds = json.loads(r.stdout)["jds"]
+    scores = [jd["u_score"] for jd in jds]
+    assert scores == sorted(scores, reverse=True)
+    assert len({jd["jd"] for jd in jds}) > 1  # sampled, not six copies
+    U, tok = RewardModel.from_pretrained(world / "ckpt" / "rm"), Tokenizer.from_pretrained(world / "ckpt" / "rm")
+    with torch.no_grad():
+        for jd in jds:  # U(C, J′) computed directly, one sequence without padding
+            ids = sft_example(tok, CV, jd["jd"], "en", U.config.max_seq_len)[0]["input_ids"]
+            direct = U(*right_pad([ids], tok.pad_id)).item()
+            assert jd["u_score"] == pytest.approx(direct, rel=1e-5, abs=1e-5)
+
+
+def test_a_cv_longer_than_the_context_is_cut_with_a_notice(world):
+    long_cv = CV + "\nSkills: " + ", ".join(["Python", "SQL", "Tableau"] * 60)
+    r = run("--cv", long_cv, "--max-new-tokens", "16", "--json", cwd=world)
+    assert "notice: the CV has" in r.stderr and "the rest is not read" in r.stderr
+    assert len(json.loads(r.stdout)["jds"]) == 1
+
+
+def bad_tokenizer(world, tmp_path):
+    folder = tmp_path / "g-other-tok"
+    shutil.copytree(world / "ckpt" / "sft", folder)
+    shutil.copy(ROOT / "tests" / "fixtures" / "gpt2-tokenizer" / "tokenizer.json", folder)  # 50,257 ids; G has 400
+    (folder / "tokenizer_config.json").unlink()
+    return folder
+
+
+@pytest.mark.parametrize("case", ["empty cv", "missing cv file", "empty cv file", "bad jsonl line", "no checkpoint",
+                                  "missing --ckpt", "missing U", "tokenizer of another model", "eval without U"])
+def test_bad_input_is_refused_and_nothing_is_written(world, tmp_path, case):
+    g = world / "ckpt" / "sft"
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "cvs.jsonl").write_text(json.dumps({"cv": CV}) + "\n" + json.dumps({"cv": ""}) + "\n")
+    args, message = {
+        "empty cv": (["--ckpt", g, "--cv", "  "], "--cv: the CV is empty"),
+        "missing cv file": (["--ckpt", g, "--cv-file", "nope.txt"], "nope.txt: no such file"),
+        "empty cv file": (["--ckpt", g, "--cv-file", "empty.txt"], "empty.txt: the CV is empty"),
+        "bad jsonl line": (["--ckpt", g, "--input", "cvs.jsonl", "--output", "out.jsonl"],
+                           "cvs.jsonl:2: field 'cv' is empty"),
+        "no checkpoint": (["--cv", CV], "no generator in ckpt/ppo or ckpt/sft; run python train_sft.py first"),
+        "missing --ckpt": (["--ckpt", tmp_path / "x" / "sft", "--cv", CV], "run python train_sft.py first"),
+        "missing U": (["--ckpt", g, "--cv", CV, "--rank-with", tmp_path / "x" / "rm"], "run python train_rm.py first"),
+        "tokenizer of another model": (["--ckpt", bad_tokenizer(world, tmp_path), "--cv", CV],
+                                       "the tokenizer does not belong to this model"),
+        "eval without U": (["--eval", "--sft", g], "ckpt/rm: no checkpoint of U; run python train_rm.py first"),
+    }[case]
+    before = sorted(tmp_path.rglob("*"))
+    r = run(*args, cwd=tmp_path, check=False)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_eval_table(world, tmp_path):
+    r = run("--eval", "--eval-cvs", "8", "--best-of", "3", "--max-new-tokens", "12", "--eval-out", tmp_path / "e",
+            cwd=world)
+    result = json.loads((tmp_path / "e" / "eval.json").read_text())
+    rows = {row["system"]: row for row in result["rows"]}
+    assert list(rows) == ["SFT (G after stage 1)", "PPO (G after stage 3)", "best-of-3 on SFT, ranked by U",
+                          "a random market JD", "the seeker's best market job"]
+    for row in rows.values():
+        assert {"u_score", "oracle", "parse_rate", "distinct_2", "length", "kl_to_sft"} <= set(row)
+    assert rows["SFT (G after stage 1)"]["kl_to_sft"] == 0.0
+    assert rows["PPO (G after stage 3)"]["kl_to_sft"] != 0.0
+    # the references are the market's own JDs: every one parses, and the oracle equals f on the job itself
+    held = [json.loads(line) for line in (world / "data" / "eval.jsonl").read_text().splitlines()][:8]
+    seekers = [market.seeker_from_json(h["seeker"]) for h in held]
+    jobs = [market.job_from_json(json.loads(line)["job"]) for line in (world / "data" / "jobs.jsonl").read_text().splitlines()]
+    ref = market.references(seekers, jobs, seed=0)
+    assert rows["the seeker's best market job"]["oracle"] == pytest.approx(ref["oracle_best_job"], rel=1e-12)
+    assert rows["a random market JD"]["oracle"] == pytest.approx(ref["oracle_random_jd"], rel=1e-12)
+    assert rows["a random market JD"]["parse_rate"] == rows["the seeker's best market job"]["parse_rate"] == 1.0
+    md = (tmp_path / "e" / "eval.md").read_text()
+    assert "| | U's score | oracle | parse rate | distinct-2 | mean length | KL to SFT |" in md and md in r.stdout
+    assert len(result["examples"]) == 3 and set(result["examples"][0]["jds"]) == {"SFT", "PPO", "best-of-3"}
+
+
+def test_eval_of_sft_against_itself_is_the_sft_row(world, tmp_path):
+    """PPO = SFT: the same seed samples the same J′, so the two rows agree and KL to SFT is exactly 0."""
+    run("--eval", "--eval-cvs", "8", "--best-of", "2", "--max-new-tokens", "12", "--ppo", "ckpt/sft",
+        "--eval-out", tmp_path / "e", cwd=world)
+    sft, ppo = json.loads((tmp_path / "e" / "eval.json").read_text())["rows"][:2]
+    assert ppo["kl_to_sft"] == 0.0
+    for key in ("u_score", "oracle", "parse_rate", "distinct_2", "length"):
+        assert ppo[key] == sft[key], key
