@@ -180,11 +180,11 @@ def markdown(rows_out, settings, examples) -> str:
         cells += [f"{r['distinct_2']:.3f}", f"{r['length']:.1f}", kl]
         lines.append("| " + " | ".join(cells) + " |")
     for i, e in enumerate(examples):
-        lines += ["", f"Held-out CV {i}:", "", "```", e["cv"], "```"]
+        lines += ["", f"Held-out CV {i}:", "", "```", e["cv"], "```", ""]
         for system, jd in e["jds"].items():
             score = f"U {jd['u_score']:.2f}" + (f", oracle {jd['oracle']:.3f}" if jd.get("oracle") is not None else "")
-            lines += [f"{system} ({score}):", "", "```", jd["jd"], "```"]
-    return "\n".join(lines) + "\n"
+            lines += [f"{system} ({score}):", "", "```", jd["jd"], "```", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 if args.eval:

@@ -225,7 +225,9 @@ def update(actor, critic, ref, batch: Rollout, scores: torch.Tensor, kl_coef: fl
     n = 0
     first_ratio_error = None
     for epoch in range(cfg.epochs):
-        order = first_order if epoch == 0 else torch.randperm(B, generator=generator).to(mask.device)
+        # the permutation is drawn where the generator lives (a CUDA generator cannot draw on the CPU)
+        where = generator.device if generator is not None else mask.device
+        order = first_order if epoch == 0 else torch.randperm(B, generator=generator, device=where).to(mask.device)
         for idx in chunks(order):
             args = (batch.ids[idx], batch.attention_mask[idx], batch.prompt_len)
             with autocast():
