@@ -80,6 +80,9 @@ if args.greedy and args.num_return > 1:
     fail("--greedy writes the same J′ every time; --num-return N needs sampling (drop --greedy)")
 if args.num_return < 1 or args.max_new_tokens < 1 or args.best_of < 1 or args.eval_cvs < 1:
     fail("--num-return, --max-new-tokens, --best-of and --eval-cvs must be >= 1")
+if args.eval and (args.greedy or args.top_k or args.top_p):
+    fail("--eval samples every system from the plain softmax at --temperature (the policy PPO trained and KL "
+         "is measured for); drop --greedy, --top-k and --top-p")
 if not args.greedy and args.temperature <= 0:
     fail(f"--temperature must be > 0 (got {args.temperature}); use --greedy for argmax decoding")
 

@@ -117,7 +117,8 @@ def bad_tokenizer(world, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty cv", "missing cv file", "empty cv file", "bad jsonl line", "no checkpoint",
-                                  "missing --ckpt", "missing U", "tokenizer of another model", "eval without U"])
+                                  "missing --ckpt", "missing U", "tokenizer of another model", "eval without U",
+                                  "eval with top-k"])
 def test_bad_input_is_refused_and_nothing_is_written(world, tmp_path, case):
     g = world / "ckpt" / "sft"
     (tmp_path / "empty.txt").write_text("  \n")
@@ -134,6 +135,7 @@ def test_bad_input_is_refused_and_nothing_is_written(world, tmp_path, case):
         "tokenizer of another model": (["--ckpt", bad_tokenizer(world, tmp_path), "--cv", CV],
                                        "the tokenizer does not belong to this model"),
         "eval without U": (["--eval", "--sft", g], "ckpt/rm: no checkpoint of U; run python train_rm.py first"),
+        "eval with top-k": (["--eval", "--sft", g, "--top-k", "5"], "drop --greedy, --top-k and --top-p"),
     }[case]
     before = sorted(tmp_path.rglob("*"))
     r = run(*args, cwd=tmp_path, check=False)
