@@ -227,6 +227,10 @@ if args.eval:
         results.append(measure(f"{system} (G after stage {1 if ref is None else 3})", s.texts, s.tokens, u,
                                0.0 if ref is None else statistics.fmean(s.kl), seekers, time.time() - t0))
         written[system] = (s.texts, u)
+        t0 = time.time()  # and decoded greedily, as a deployed G might be
+        s = evaluation.greedy_jds(G, tok, prompts, args.max_new_tokens, autocast, args.batch_size)
+        results.append(measure(f"{system}, greedy", s.texts, s.tokens, u_scores(U, tok_u, cvs, s.texts), None,
+                               seekers, time.time() - t0))
     t0 = time.time()
     N = args.best_of
     s = sampled(G_sft, None, N)

@@ -13,6 +13,7 @@ import torch
 
 from girl.data import right_pad, sft_example
 from girl.ppo import response_logprobs, rollout
+from girl.sampling import generate
 
 
 @torch.no_grad()
@@ -44,6 +45,12 @@ class Samples:
         return [len(t) + e for t, e in zip(self.tokens, self.ended)]
 
 
+def _jds(tok, response: torch.Tensor, mask: torch.Tensor) -> tuple[list, list, list]:
+    """Tokens (without EOS), texts and whether each ended with EOS, of a batch of generated J′."""
+    tokens = [[t for t, m in zip(row, keep) if m and t != tok.eos_id] for row, keep in zip(response.tolist(), mask.tolist())]
+    return tokens, [tok.decode(t) for t in tokens], ((response == tok.eos_id) & mask).any(-1).tolist()
+
+
 @torch.no_grad()
 def sample_jds(G, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                generator: torch.Generator, ref=None, autocast=contextlib.nullcontext,
@@ -53,20 +60,36 @@ def sample_jds(G, tok, prompts: list[list[int]], max_new_tokens: int, temperatur
     With ref, each J′ also gets its KL term: k1 summed over the J′'s tokens, log π − log π_ref under the
     same temperature. Its mean over J′ sampled from π is an unbiased estimate of KL(π ‖ π_ref) per J′."""
     pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
-    texts, tokens, ended, kl = [], [], [], []
+    out = Samples([], [], [], [] if ref is not None else None)
     for i in range(0, len(prompts), batch_size):
         batch = rollout(G, prompts[i : i + batch_size], max_new_tokens, tok.eos_id, pad_id, temperature, generator)
-        new = [[t for t, m in zip(row, keep) if m and t != tok.eos_id]
-               for row, keep in zip(batch.response.tolist(), batch.mask.tolist())]
-        tokens += new
-        texts += [tok.decode(t) for t in new]
-        ended += batch.ended.tolist()
+        tokens, texts, ended = _jds(tok, batch.response, batch.mask)
+        out.tokens += tokens
+        out.texts += texts
+        out.ended += ended
         if ref is not None:
             with autocast():
                 lp, _ = response_logprobs(G, batch.ids, batch.attention_mask, batch.prompt_len, temperature)
                 lp_ref, _ = response_logprobs(ref, batch.ids, batch.attention_mask, batch.prompt_len, temperature)
-            kl += ((lp - lp_ref) * batch.mask).sum(-1).tolist()
-    return Samples(texts, tokens, ended, kl if ref is not None else None)
+            out.kl += ((lp - lp_ref) * batch.mask).sum(-1).tolist()
+    return out
+
+
+@torch.no_grad()
+def greedy_jds(G, tok, prompts: list[list[int]], max_new_tokens: int, autocast=contextlib.nullcontext,
+               batch_size: int = 64) -> Samples:
+    """The most likely token at every step: the J′ G writes when it is not sampled (no KL: not a
+    distribution to compare)."""
+    pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
+    out = Samples([], [], [], None)
+    for i in range(0, len(prompts), batch_size):
+        with autocast():
+            g = generate(G, prompts[i : i + batch_size], max_new_tokens, eos_id=tok.eos_id, pad_id=pad_id, greedy=True)
+        tokens, texts, ended = _jds(tok, g.tokens, g.mask)
+        out.tokens += tokens
+        out.texts += texts
+        out.ended += ended
+    return out
 
 
 def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:

@@ -149,11 +149,11 @@ def test_eval_table(world, tmp_path):
             cwd=world)
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
     rows = {row["system"]: row for row in result["rows"]}
-    assert list(rows) == ["SFT (G after stage 1)", "PPO (G after stage 3)", "best-of-3 on SFT, ranked by U",
-                          "a random market JD", "the seeker's best market job"]
+    assert list(rows) == ["SFT (G after stage 1)", "SFT, greedy", "PPO (G after stage 3)", "PPO, greedy",
+                          "best-of-3 on SFT, ranked by U", "a random market JD", "the seeker's best market job"]
     for row in rows.values():
         assert {"u_score", "oracle", "parse_rate", "distinct_2", "length", "kl_to_sft"} <= set(row)
-    assert rows["SFT (G after stage 1)"]["kl_to_sft"] == 0.0
+    assert rows["SFT (G after stage 1)"]["kl_to_sft"] == 0.0 and rows["SFT, greedy"]["kl_to_sft"] is None
     assert rows["PPO (G after stage 3)"]["kl_to_sft"] != 0.0
     # the references are the market's own JDs: every one parses, and the oracle equals f on the job itself
     held = [json.loads(line) for line in (world / "data" / "eval.jsonl").read_text().splitlines()][:8]
@@ -172,7 +172,7 @@ def test_eval_of_sft_against_itself_is_the_sft_row(world, tmp_path):
     """PPO = SFT: the same seed samples the same J′, so the two rows agree and KL to SFT is exactly 0."""
     run("--eval", "--eval-cvs", "8", "--best-of", "2", "--max-new-tokens", "12", "--ppo", "ckpt/sft",
         "--eval-out", tmp_path / "e", cwd=world)
-    sft, ppo = json.loads((tmp_path / "e" / "eval.json").read_text())["rows"][:2]
+    sft, sft_greedy, ppo, ppo_greedy = json.loads((tmp_path / "e" / "eval.json").read_text())["rows"][:4]
     assert ppo["kl_to_sft"] == 0.0
     for key in ("u_score", "oracle", "parse_rate", "distinct_2", "length"):
-        assert ppo[key] == sft[key], key
+        assert ppo[key] == sft[key] and ppo_greedy[key] == sft_greedy[key], key
