@@ -316,9 +316,7 @@ for i in range(0, len(rows), per_batch):
                        eos_id=tok.eos_id, pad_id=tok.pad_id if tok.pad_id is not None else tok.eos_id,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
                        generator=gen)
-    ended = ((out.tokens == tok.eos_id) & out.mask).any(-1).tolist()
-    texts = [tok.decode([t for t, m in zip(row, keep) if m and t != tok.eos_id])
-             for row, keep in zip(out.tokens.tolist(), out.mask.tolist())]
+    _, texts, ended = evaluation.decoded(tok, out.tokens, out.mask)
     scores = u_scores(U, tok_u, [r["cv"] for r in chunk for _ in range(N)], texts) if U is not None else None
     for j, r in enumerate(chunk):
         jds = [{"jd": texts[j * N + k], "ended": ended[j * N + k]} for k in range(N)]

@@ -45,7 +45,7 @@ class Samples:
         return [len(t) + e for t, e in zip(self.tokens, self.ended)]
 
 
-def _jds(tok, response: torch.Tensor, mask: torch.Tensor) -> tuple[list, list, list]:
+def decoded(tok, response: torch.Tensor, mask: torch.Tensor) -> tuple[list, list, list]:
     """Tokens (without EOS), texts and whether each ended with EOS, of a batch of generated J′."""
     tokens = [[t for t, m in zip(row, keep) if m and t != tok.eos_id] for row, keep in zip(response.tolist(), mask.tolist())]
     return tokens, [tok.decode(t) for t in tokens], ((response == tok.eos_id) & mask).any(-1).tolist()
@@ -63,7 +63,7 @@ def sample_jds(G, tok, prompts: list[list[int]], max_new_tokens: int, temperatur
     out = Samples([], [], [], [] if ref is not None else None)
     for i in range(0, len(prompts), batch_size):
         batch = rollout(G, prompts[i : i + batch_size], max_new_tokens, tok.eos_id, pad_id, temperature, generator)
-        tokens, texts, ended = _jds(tok, batch.response, batch.mask)
+        tokens, texts, ended = decoded(tok, batch.response, batch.mask)
         out.tokens += tokens
         out.texts += texts
         out.ended += ended
@@ -85,7 +85,7 @@ def greedy_jds(G, tok, prompts: list[list[int]], max_new_tokens: int, autocast=c
     for i in range(0, len(prompts), batch_size):
         with autocast():
             g = generate(G, prompts[i : i + batch_size], max_new_tokens, eos_id=tok.eos_id, pad_id=pad_id, greedy=True)
-        tokens, texts, ended = _jds(tok, g.tokens, g.mask)
+        tokens, texts, ended = decoded(tok, g.tokens, g.mask)
         out.tokens += tokens
         out.texts += texts
         out.ended += ended
