@@ -158,7 +158,8 @@ def mean_sem(xs):
 
 def measure(name, texts, tokens, u, kl, seekers, seconds) -> dict:
     """One row of the table: the J′ (or real JDs) one system gives the held-out CVs."""
-    r = {"system": name, "u_score": mean_sem(u)[0], "u_score_sem": mean_sem(u)[1],
+    u_mean, u_sem = mean_sem(u)
+    r = {"system": name, "u_score": u_mean, "u_score_sem": u_sem,
          "distinct_2": evaluation.distinct_n(tokens, 2), "length": statistics.fmean(len(t) for t in tokens),
          "kl_to_sft": kl, "seconds": seconds}
     if seekers:

@@ -13,7 +13,7 @@ import torch
 
 from girl.data import right_pad, sft_example
 from girl.ppo import response_logprobs, rollout
-from girl.sampling import generate
+from girl.sampling import generate, response_tokens
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ class Samples:
 
 def decoded(tok, response: torch.Tensor, mask: torch.Tensor) -> tuple[list, list, list]:
     """Tokens (without EOS), texts and whether each ended with EOS, of a batch of generated J′."""
-    tokens = [[t for t, m in zip(row, keep) if m and t != tok.eos_id] for row, keep in zip(response.tolist(), mask.tolist())]
+    tokens = response_tokens(tok, response, mask)
     return tokens, [tok.decode(t) for t in tokens], ((response == tok.eos_id) & mask).any(-1).tolist()
 
 

@@ -243,10 +243,11 @@ def reference_jobs(seekers: list[Seeker], jobs: list[Job], seed: int = 0) -> tup
 
 def references(seekers: list[Seeker], jobs: list[Job], seed: int = 0) -> dict:
     """The oracle's mean for reference_jobs: a random real JD (the floor), the seeker's best job (the ceiling)."""
+    def mean_f(picked):
+        return sum(compatibility(s, jobs[i].attributes()) for s, i in zip(seekers, picked)) / len(seekers)
+
     random_jd, best = reference_jobs(seekers, jobs, seed)
-    attrs = [j.attributes() for j in jobs]
-    return dict(oracle_random_jd=sum(compatibility(s, attrs[i]) for s, i in zip(seekers, random_jd)) / len(seekers),
-                oracle_best_job=sum(compatibility(s, attrs[i]) for s, i in zip(seekers, best)) / len(seekers))
+    return dict(oracle_random_jd=mean_f(random_jd), oracle_best_job=mean_f(best))
 
 
 if __name__ == "__main__":

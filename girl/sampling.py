@@ -24,10 +24,14 @@ class Generation:
     mask: torch.Tensor  # [B, N] True for generated tokens, up to and including EOS
 
 
+def response_tokens(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Each row's generated tokens: the real ones, without the EOS that ended it."""
+    return [[t for t, m in zip(row, keep) if m and t != tok.eos_id] for row, keep in zip(tokens.tolist(), mask.tolist())]
+
+
 def response_texts(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
     """Each row's generated text: its real tokens, without the EOS that ended it."""
-    return [tok.decode([t for t, m in zip(row, keep) if m and t != tok.eos_id])
-            for row, keep in zip(tokens.tolist(), mask.tolist())]
+    return [tok.decode(t) for t in response_tokens(tok, tokens, mask)]
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None):
