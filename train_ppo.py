@@ -16,7 +16,6 @@ Writes --out (default ckpt/ppo): the actor as a Hugging Face folder with metrics
 (one line per iteration); --out-last holds actor, critic and optimizer states for --resume.
 """
 
-import argparse
 import json
 import math
 import random
@@ -26,17 +25,19 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market, ppo
-from girl.checkpoint import CheckpointError, atomic_dir, write_json
+from girl.cli import add_market_flags, fail, log, parser, setup
 from girl.data import DataError, read_jsonl
-from girl.hub import HubError
-from girl.model import RewardModel, Transformer
-from girl.sampling import response_texts
-from girl.template import TEMPLATE, prompt_ids
-from girl.tokenizer import Tokenizer
-from girl.training import fail, load_state, log, param_groups, save_checkpoint
+from girl.files import CheckpointError, atomic_dir
+from girl.lm.checkpoint import load_model, load_optimizer, save_model
+from girl.lm.hub import HubError
+from girl.lm.model import RewardModel
+from girl.lm.sampling import decoded, rollout
+from girl.lm.tokenizer import Tokenizer
+from girl.reward import u_scores
+from girl.template import prompt_ids
+from girl.training import adamw
 
-p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+p = parser(__doc__)
 # Models
 p.add_argument("--init", default="ckpt", help="folder holding sft/ (G) and rm/ (U) (default: ckpt)")
 p.add_argument("--sft", help="G's checkpoint (default: INIT/sft)")
@@ -45,8 +46,7 @@ p.add_argument("--rm", help="U's checkpoint; must share G's tokenizer, since the
 # Data
 p.add_argument("--data", help='JSONL of {"cv"} prompts (default: the market\'s ppo.jsonl)')
 p.add_argument("--eval-data", help='held-out JSONL of {"cv"} (+ "seeker" for the oracle) (default: the market\'s eval.jsonl)')
-p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
-p.add_argument("--lang", default="zh", choices=list(TEMPLATE), help="prompt and market language (default: zh)")
+add_market_flags(p)
 p.add_argument("--max-cv-tokens", type=int, default=160, help="longer CVs are cut to this many tokens (default: 160)")
 # Rollout
 p.add_argument("--batch-size", type=int, default=64, help="CVs (one J′ each) per iteration (default: 64)")
@@ -85,10 +85,8 @@ args.sft = args.sft or str(Path(args.init) / "sft")
 args.rm = args.rm or str(Path(args.init) / "rm")
 args.out_last = args.out_last or args.out.rstrip("/") + "-last"
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-torch.manual_seed(args.seed)
-cuda = device.type == "cuda"
-autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (lambda: torch.autocast("cpu", enabled=False))
+run = setup(args.seed, distributed=False)
+device, autocast = run.device, run.autocast
 
 # ----------------------------------------------------------------------------- data
 try:
@@ -99,7 +97,7 @@ try:
 except DataError as e:
     fail(str(e))
 on_market = all("seeker" in r for r in eval_rows)
-seekers = [market.seeker_from_json(r["seeker"]) for r in eval_rows] if on_market else None
+oracle = market.Oracle(market.seekers(eval_rows), args.lang) if on_market else None
 log(f"data: {len(train_rows)} PPO CVs, {len(eval_rows)} held-out CVs" + (" (with the oracle)" if on_market else ""))
 
 # ----------------------------------------------------------------------------- the four models
@@ -114,10 +112,10 @@ try:
     tok_u = Tokenizer.from_pretrained(args.rm)
     actor_dir, critic_dir = (Path(args.out_last) / "actor", Path(args.out_last) / "critic") if resuming else (args.sft, args.rm)
     # trained weights in float32 (bf16 autocast on CUDA); the frozen ones may stay in bf16 on CUDA
-    actor = Transformer.from_pretrained(actor_dir, dtype=torch.float32, device=device)
-    critic = RewardModel.from_pretrained(critic_dir, dtype=torch.float32, device=device)
-    ref = Transformer.from_pretrained(args.sft, device=device).requires_grad_(False)
-    U = RewardModel.from_pretrained(args.rm, device=device).requires_grad_(False)
+    actor = load_model(actor_dir, dtype=torch.float32, device=device)
+    critic = load_model(critic_dir, RewardModel, dtype=torch.float32, device=device)
+    ref = load_model(args.sft, device=device).requires_grad_(False)
+    U = load_model(args.rm, RewardModel, device=device).requires_grad_(False)
 except (CheckpointError, HubError) as e:
     fail(str(e))
 if tok.eos_id is None:
@@ -125,62 +123,34 @@ if tok.eos_id is None:
 if tok.tk.get_vocab() != tok_u.tk.get_vocab():
     fail(f"{args.rm} has another tokenizer than {args.sft}: the critic (U's backbone) must read G's tokens. "
          "Train U with train_rm.py --sft pointing at this G, or use a U of the same family")
-pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
 n_actor = actor.num_parameters()
 log(f"actor/reference: {actor.config.model_type} {n_actor / 1e6:.2f}M; U/critic: {U.config.model_type} "
     f"{U.num_parameters() / 1e6:.2f}M")
 args.lr = args.lr or (1e-4 if n_actor < 1e8 else 1e-6)
 args.critic_lr = args.critic_lr or 3 * args.lr
-actor_opt = torch.optim.AdamW(param_groups(actor, args.weight_decay), lr=args.lr, betas=(0.9, 0.95), fused=cuda)
-critic_opt = torch.optim.AdamW(param_groups(critic, args.weight_decay), lr=args.critic_lr, betas=(0.9, 0.95), fused=cuda)
+actor_opt = adamw(actor, args.lr, args.weight_decay)
+critic_opt = adamw(critic, args.critic_lr, args.weight_decay)
 cfg = ppo.PPOConfig(epochs=args.ppo_epochs, minibatch_size=args.minibatch_size, clip=args.clip,
                     value_clip=args.value_clip, vf_coef=args.vf_coef, gamma=args.gamma, lam=args.lam,
                     kl_estimator=args.kl_estimator, temperature=args.temperature, grad_clip=args.grad_clip)
-
-
-def prompts_of(rows):
-    return [prompt_ids(tok, r["cv"], args.lang, args.max_cv_tokens)[0] for r in rows]
-
-
-cut = sum(prompt_ids(tok, r["cv"], args.lang, args.max_cv_tokens)[1] for r in train_rows + eval_rows)
-if cut:
+encoded = [prompt_ids(tok, r["cv"], args.lang, args.max_cv_tokens) for r in train_rows + eval_rows]
+if cut := sum(c for _, c in encoded):
     log(f"{cut} CVs are longer than --max-cv-tokens {args.max_cv_tokens} and are cut to it")
-
-
-def u_scores(rows, texts) -> torch.Tensor:
-    return evaluation.u_scores(U, tok_u, [r["cv"] for r in rows], texts, args.lang, autocast)
-
-
-def evaluate(policy) -> dict:
-    """The policy on the held-out CVs, sampled at the rollout temperature from a fixed seed."""
-    g = torch.Generator(device=device).manual_seed(args.seed + 12345)
-    s = evaluation.sample_jds(policy, tok, prompts_of(eval_rows), args.max_new_tokens, args.temperature, g,
-                              ref=ref, autocast=autocast)
-    scores = u_scores(eval_rows, s.texts)
-    out = {"reward": scores.mean().item(), "reward_std": scores.std().item(), "kl": sum(s.kl) / len(s.kl),
-           "response_length": sum(s.lengths) / len(s.lengths), "eos_rate": sum(s.ended) / len(s.ended)}
-    if on_market:
-        o = market.oracle_eval(seekers, s.texts, args.lang)
-        out.update(oracle=o["oracle_mean"], oracle_sem=o["oracle_sem"], parse_rate=o["parse_rate"])
-    out["example"] = {"cv": eval_rows[0]["cv"], "jd": s.texts[0]}
-    return out
-
-
-def save_last(state):
-    with atomic_dir(args.out_last) as tmp:
-        save_checkpoint(tmp / "actor", actor, tok, args, actor_opt, state)
-        save_checkpoint(tmp / "critic", critic, tok_u, args, critic_opt, state)
-
+train_prompts, eval_prompts = [ids for ids, _ in encoded[: len(train_rows)]], [ids for ids, _ in encoded[len(train_rows) :]]
+# the policy on the held-out CVs, sampled at the rollout temperature from a fixed seed, before, during and after
+eval_args = dict(cvs=[r["cv"] for r in eval_rows], U=U, tok_u=tok_u, lang=args.lang, seed=args.seed + 12345,
+                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, ref=ref, autocast=autocast,
+                 oracle=oracle)
 
 # ----------------------------------------------------------------------------- before
 state = {"iteration": 0, "kl_coef": args.kl_coef, "score_mean": None, "score_std": None, "before": None}
 if resuming:
-    state = load_state(Path(args.out_last) / "actor", actor, actor_opt)
-    load_state(Path(args.out_last) / "critic", critic, critic_opt)
+    state = load_optimizer(Path(args.out_last) / "actor", actor, actor_opt)
+    load_optimizer(Path(args.out_last) / "critic", critic, critic_opt)
     log(f"resuming at iteration {state['iteration']} from {args.out_last}")
 if state["before"] is None:
     t0 = time.time()
-    state["before"] = evaluate(actor)
+    state["before"] = evaluation.policy_eval(actor, tok, eval_prompts, **eval_args)
     log(f"before: {json.dumps({k: round(v, 4) for k, v in state['before'].items() if k != 'example'})} "
         f"({time.time() - t0:.0f}s)")
 kl_ctl = ppo.KLController(state["kl_coef"], args.kl_target, args.kl_horizon)
@@ -191,29 +161,28 @@ metrics_path.parent.mkdir(parents=True, exist_ok=True)
 metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 # ----------------------------------------------------------------------------- PPO
-# U's raw scale is arbitrary; the reward is U's score standardised by its mean and std on G's first
-# rollouts, fixed from then on, so β, the no-EOS score and the learning rates mean the same for any U
 t_start, first_iteration = time.time(), state["iteration"]
 for it in range(state["iteration"], args.iterations):
     # the CVs and the sampling seed are functions of the iteration alone: a resumed run goes on exactly
     epoch, start = divmod(it * args.batch_size, len(train_rows))
     order = list(range(len(train_rows)))
     random.Random(args.seed + epoch).shuffle(order)
-    rows = [train_rows[order[(start + k) % len(order)]] for k in range(args.batch_size)]
+    picked = [order[(start + k) % len(order)] for k in range(args.batch_size)]
+    rows = [train_rows[i] for i in picked]
     g = torch.Generator(device=device).manual_seed(args.seed * 100003 + it)
     t0 = time.time()
-    batch = ppo.rollout(actor, prompts_of(rows), args.max_new_tokens, tok.eos_id, pad_id, args.temperature, g)
-    texts = response_texts(tok, batch.response, batch.mask)
-    raw = u_scores(rows, texts)
-    if state["score_mean"] is None:
+    batch = rollout(actor, [train_prompts[i] for i in picked], args.max_new_tokens, tok.eos_id, tok.pad_or_eos_id,
+                    args.temperature, g)
+    _, texts, _ = decoded(tok, batch.response, batch.mask)
+    raw = u_scores(U, tok_u, [r["cv"] for r in rows], texts, args.lang, autocast)
+    if state["score_mean"] is None:  # U's scale, measured once on G's first rollouts (see ppo.shaped_scores)
         state["score_mean"], state["score_std"] = raw.mean().item(), max(raw.std().item(), 1e-6)
-    scores = (raw - state["score_mean"]) / state["score_std"]
-    scores = torch.where(batch.ended, scores, torch.full_like(scores, args.no_eos_score))
+    scores = ppo.shaped_scores(raw, batch.ended, state["score_mean"], state["score_std"], args.no_eos_score)
     t_rollout = time.time() - t0
     stats = ppo.update(actor, critic, ref, batch, scores, kl_ctl.beta, cfg, actor_opt, critic_opt, autocast, g)
     stats["u_score_raw"] = raw.mean().item()
     if on_market and rows[0].get("seeker"):
-        o = market.oracle_eval([market.seeker_from_json(r["seeker"]) for r in rows], texts, args.lang)
+        o = market.oracle_eval(market.seekers(rows), texts, args.lang)
         stats.update(oracle=o["oracle_mean"], parse_rate=o["parse_rate"])
     kl_ctl.update(stats["kl"], args.batch_size)
     state.update(iteration=it + 1, kl_coef=kl_ctl.beta)
@@ -228,14 +197,16 @@ for it in range(state["iteration"], args.iterations):
         + (f"  oracle {stats['oracle']:.3f}" if "oracle" in stats else "")
         + f"  {stats['seconds']:.1f}s/iter  eta {eta:.0f}s")
     if args.eval_every and (it + 1) % args.eval_every == 0 and it + 1 < args.iterations:
-        e = evaluate(actor)
+        e = evaluation.policy_eval(actor, tok, eval_prompts, **eval_args)
         log(f"eval: {json.dumps({k: round(v, 4) for k, v in e.items() if k != 'example'})}")
-    if (it + 1) % args.save_every == 0 or it + 1 == args.iterations:
-        save_last(state)
+    if (it + 1) % args.save_every == 0 or it + 1 == args.iterations:  # actor and critic, whole or not at all
+        with atomic_dir(args.out_last) as tmp:
+            save_model(tmp / "actor", actor, tok, args, optimizer=actor_opt, state=state)
+            save_model(tmp / "critic", critic, tok_u, args, optimizer=critic_opt, state=state)
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- after
-after = evaluate(actor)
+after = evaluation.policy_eval(actor, tok, eval_prompts, **eval_args)
 before = state["before"]
 metrics = {"reward_before": before["reward"], "reward_after": after["reward"],
            "reward_std_before": before["reward_std"], "kl_after": after["kl"],
@@ -248,12 +219,7 @@ if on_market:
     metrics.update(oracle_before=before["oracle"], oracle_after=after["oracle"], oracle_sem_before=before["oracle_sem"],
                    oracle_sem_after=after["oracle_sem"], parse_rate_before=before["parse_rate"],
                    parse_rate_after=after["parse_rate"])
-with atomic_dir(args.out) as tmp:
-    actor.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    write_json(tmp / "train_args.json", vars(args))
-    write_json(tmp / "metrics.json", metrics)
-    (tmp / "metrics.jsonl").write_bytes(metrics_path.read_bytes())
+save_model(args.out, actor, tok, args, metrics=metrics, files={"metrics.jsonl": metrics_path.read_bytes()})
 log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if not k.startswith("example")}))
 log(f"wrote {args.out}/ (the new G) and {args.out_last}/ (resumable)")
 if math.isnan(after["reward"]):

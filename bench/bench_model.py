@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from girl.model import Transformer  # noqa: E402
-from girl.sampling import generate  # noqa: E402
+from girl.lm.checkpoint import load_model, save_model  # noqa: E402
+from girl.lm.model import Transformer  # noqa: E402
+from girl.lm.sampling import generate  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--shape", default="gpt2-small", choices=["gpt2-small", "qwen2.5-0.5b"],
@@ -77,10 +78,10 @@ with tempfile.TemporaryDirectory() as tmp:
         if dtype != torch.float32:
             exact_model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(device)
     else:
-        from girl.checkpoint import config_from_hf
+        from girl.lm.hf import config_from_hf
 
-        Transformer(config_from_hf(SHAPES[args.shape])).save_pretrained(tmp)
-    ours = Transformer.from_pretrained(tmp, dtype=dtype, device=device)
+        save_model(tmp, Transformer(config_from_hf(SHAPES[args.shape])))
+    ours = load_model(tmp, dtype=dtype, device=device)
 vocab = ours.config.vocab_size
 
 ids = torch.randint(0, vocab, (args.batch, args.seq), device=device)

@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from girl.model import Transformer  # noqa: E402
-from girl.sampling import generate  # noqa: E402
-from stories260k import BOS, decode, load_model, load_pieces  # noqa: E402
+from stories260k import BOS, decode, load_llama2c, load_pieces  # noqa: E402
+
+from girl.lm.checkpoint import load_model  # noqa: E402
+from girl.lm.sampling import generate  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 DEV = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cuda"
@@ -37,7 +38,7 @@ print(torch.cuda.get_device_name() if DEV == "cuda" else DEV, "torch", torch.__v
 for family in ("llama", "qwen2", "gpt2"):
     ref = load_file(str(FIXTURES / f"tiny-{family}" / "reference_logits.safetensors"))
     ids = ref["input_ids"].to(DEV)
-    fp32 = Transformer.from_pretrained(FIXTURES / f"tiny-{family}", dtype=torch.float32, device=DEV)
+    fp32 = load_model(FIXTURES / f"tiny-{family}", dtype=torch.float32, device=DEV)
     with torch.no_grad():
         err = (fp32(ids).cpu() - ref["logits"]).abs().max().item()
         mask = ref["left_mask"]
@@ -45,7 +46,7 @@ for family in ("llama", "qwen2", "gpt2"):
         err_left = (left[mask.bool()] - ref["left_logits"][mask.bool()]).abs().max().item()
     check(f"{family} float32 logits on {DEV}", err <= 1e-4 and err_left <= 1e-4,
           f"max |Δ| {err:.1e}, left-padded {err_left:.1e}")
-    bf16 = Transformer.from_pretrained(FIXTURES / f"tiny-{family}", device=DEV)
+    bf16 = load_model(FIXTURES / f"tiny-{family}", device=DEV)
     with torch.no_grad():
         err = (bf16(ids).float().cpu() - ref["logits"]).abs().max().item()
     print(f"info {family} default dtype on {DEV} is {bf16.tok_emb.weight.dtype}; max |Δ| vs float32 reference {err:.1e}"
@@ -53,7 +54,7 @@ for family in ("llama", "qwen2", "gpt2"):
     default = torch.bfloat16 if DEV == "cuda" else torch.float32
     check(f"{family} default dtype on {DEV} is {default}", bf16.tok_emb.weight.dtype == default)
 
-stories = load_model(FIXTURES / "stories260K" / "stories260K.bin").to(DEV)
+stories = load_llama2c(FIXTURES / "stories260K" / "stories260K.bin").to(DEV)
 expected = (FIXTURES / "stories260K" / "expected_greedy_200.txt").read_bytes()
 pieces = load_pieces(FIXTURES / "stories260K" / "tok512.bin")
 for dtype in (torch.float32, torch.bfloat16):

@@ -16,14 +16,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from girl.data import right_pad, sft_example  # noqa: E402
-from girl.market import oracle_score, seeker_from_json  # noqa: E402
-from girl.model import RewardModel, Transformer  # noqa: E402
-from girl.sampling import generate  # noqa: E402
+from girl.lm.checkpoint import load_model  # noqa: E402
+from girl.lm.model import RewardModel  # noqa: E402
+from girl.lm.sampling import generate  # noqa: E402
+from girl.lm.tokenizer import Tokenizer  # noqa: E402
+from girl.market import Seeker, oracle_score  # noqa: E402
 from girl.template import prompt_ids  # noqa: E402
-from girl.tokenizer import Tokenizer  # noqa: E402
 
 K, LANG, MAX_NEW = 8, "zh", 96
-G, U, tok = Transformer.from_pretrained("ckpt/sft"), RewardModel.from_pretrained("ckpt/rm"), Tokenizer.from_pretrained("ckpt/sft")
+G, U, tok = load_model("ckpt/sft"), load_model("ckpt/rm", RewardModel), Tokenizer.from_pretrained("ckpt/sft")
 rows = [json.loads(line) for line in open("data/eval.jsonl", encoding="utf-8")][200:300]  # not SFT's 200 eval CVs
 
 prompts = [prompt_ids(tok, r["cv"], LANG)[0] for r in rows for _ in range(K)]
@@ -34,7 +35,7 @@ cv_of = [rows[i // K] for i in range(len(texts))]
 sequences = [sft_example(tok, r["cv"], t, LANG, 256)[0]["input_ids"] for r, t in zip(cv_of, texts)]
 with torch.no_grad():
     u = torch.cat([U(*right_pad(sequences[i : i + 200], tok.pad_id)) for i in range(0, len(sequences), 200)]).tolist()
-oracle = [oracle_score(seeker_from_json(r["seeker"]), t, LANG) for r, t in zip(cv_of, texts)]
+oracle = [oracle_score(Seeker.from_json(r["seeker"]), t, LANG) for r, t in zip(cv_of, texts)]
 parsed = [x is not None for x in oracle]
 f = [0.0 if x is None else x for x in oracle]  # an unparseable JD scores 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from girl.files import write_jsonl
 from girl.template import prompt_ids
 
 SCHEMAS = {"sft": ("cv", "jd"), "rm": ("cv", "jd_pos", "jd_neg"), "ppo": ("cv",),
@@ -67,14 +68,6 @@ def read_jsonl(path, schema: str) -> list[dict]:
     return rows
 
 
-def write_jsonl(path, rows: list[dict]):
-    """One JSON object per line, through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
 def sft_example(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[dict, bool, bool]:
     """input_ids and labels of one SFT example; whether the CV and whether the JD were cut to fit.
 
@@ -96,6 +89,16 @@ def sft_example(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[dict, b
         jd_cut = True
     ids = prompt + target
     return {"input_ids": ids, "labels": [IGNORE] * len(prompt) + target}, cv_cut, jd_cut
+
+
+def sft_examples(tok, rows: list[dict], lang: str, max_len: int) -> tuple[list[dict], int, int]:
+    """sft_example of every {"cv", "jd"} row; and how many CVs and how many JDs were cut to fit max_len."""
+    out, cv_cut, jd_cut = [], 0, 0
+    for r in rows:
+        example, a, b = sft_example(tok, r["cv"], r["jd"], lang, max_len)
+        out.append(example)
+        cv_cut, jd_cut = cv_cut + a, jd_cut + b
+    return out, cv_cut, jd_cut
 
 
 def right_pad(seqs: list[list[int]], pad_id: int):

@@ -1,4 +1,14 @@
-"""The losses of GIRL, each a pure function of tensors with its equation."""
+"""The losses of GIRL, each a pure function of tensors with its equation, and the masked statistics
+PPO's are built from.
+
+    L_sft = −(1/|J|) Σ_{t ∈ J} log p_θ(x_t | x_<t)                     sft_loss     (stage 1, §3.1)
+    L_rmt = −log σ(U(C, J+) − U(C, J−))                               rm_loss      (stage 2, §3.2)
+    L_π   = −E[min(ρ_t A_t, clip(ρ_t, 1 ± ε) A_t)],  ρ_t = π/π_old     policy_loss  (stage 3, §3.3)
+    L_V   = ½ E[max((V − R)², (clip(V, V_old ± ε_v) − R)²)]           value_loss   (stage 3, §3.3)
+
+PPO's tensors are [B, T] over the response tokens of a batch of rollouts; `mask` is True on real
+response tokens (up to and including EOS) and False on padding, which must change nothing.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -25,3 +35,55 @@ def rm_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, margin: float = 0.0, cente
     with coefficient η keeps rewards near zero mean, since the pairwise term sees only differences.
     """
     return -F.logsigmoid(r_pos - r_neg - margin).mean() + center_coef * ((r_pos + r_neg) ** 2).mean()
+
+
+# ----------------------------------------------------------------------------- PPO's
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """Mean of x over the positions where mask is True (along dim, or over everything)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum()
+    return (x * mask).sum(dim) / mask.sum(dim)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of x over the masked positions (Bessel-corrected by default)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean) / std over the masked positions; with shift_mean=False the mean is added back.
+    Masked-out positions come back as 0, so whatever they held cannot leak anywhere."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    white = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        white = white + mean
+    return white * mask
+
+
+def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped surrogate, −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] over real tokens; and its diagnostics:
+    clip_frac (share of tokens where clipping bound) and approx_kl (E[½(log ρ)²], the k2 estimator)."""
+    log_ratio = logp - logp_old
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    stats = {"clip_frac": masked_mean((clipped > unclipped).float(), mask).item(),
+             "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item()}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> torch.Tensor:
+    """½·E[max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²)]: the critic may not move its estimate by more
+    than ε from the rollout's in one update, as the policy may not move its ratio."""
+    clipped = values_old + torch.clamp(values - values_old, -clip, clip)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)

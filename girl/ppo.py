@@ -1,17 +1,17 @@
-"""The numerics of PPO from recruiter feedback (GIRL §3.3), each a pure function of tensors.
+"""PPO from recruiter feedback (GIRL §3.3): the reward it optimises, its advantages, and one update.
 
 Shapes: [B, T] over the response tokens of a batch of rollouts; `mask` is True on real response tokens
 (up to and including EOS) and False on padding, which must change nothing.
 
-    r_t   = −β · KL_t  (+ s at the last response token)         per_token_rewards
-    A_t   = Σ_l (γλ)^l δ_{t+l},  δ_t = r_t + γ V_{t+1} − V_t       gae
-    L_π   = −E[min(ρ_t A_t, clip(ρ_t, 1 ± ε) A_t)],  ρ_t = π/π_old  policy_loss
-    L_V   = ½ E[max((V − R)², (clip(V, V_old ± ε_v) − R)²)]        value_loss
+    s     = (U(C, J′) − μ) / σ, or a fixed low score for a J′ without EOS   shaped_scores
+    r_t   = −β · KL_t  (+ s at the last response token)                     per_token_rewards
+    A_t   = Σ_l (γλ)^l δ_{t+l},  δ_t = r_t + γ V_{t+1} − V_t                   gae
+    L_π, L_V                                                                girl/losses.py
 
 One PPO iteration, as train_ppo.py runs it:
 
-    batch = rollout(actor, prompts, ...)              1. sample J′ for each CV with the KV-cache engine
-    scores = U(C, J′)                                  2. score (the caller's job: U, or any function)
+    batch = rollout(actor, prompts, ...)              1. sample J′ for each CV (girl/lm/sampling.py)
+    scores = shaped_scores(U(C, J′), ...)              2. score (the caller's job: U, or any function)
     stats = update(actor, critic, ref, batch, scores)  3-5. KL-penalised rewards, GAE, K epochs of clipped updates
 """
 
@@ -20,37 +20,22 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from girl.sampling import generate, left_pad
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    """Mean of x over the positions where mask is True (along dim, or over everything)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum()
-    return (x * mask).sum(dim) / mask.sum(dim)
+from girl.lm.sampling import Rollout, response_logprobs
+from girl.losses import masked_mean, masked_var, masked_whiten, policy_loss, value_loss
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of x over the masked positions (Bessel-corrected by default)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        n = mask.sum()
-        var = var * n / (n - 1)
-    return var
+def shaped_scores(u: torch.Tensor, ended: torch.Tensor, mean: float, std: float, no_eos_score: float) -> torch.Tensor:
+    """The score s PPO adds at a J′'s last token: s = (U(C, J′) − μ) / σ, and s = no_eos_score for a J′ cut
+    at max_new_tokens before its EOS.
 
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / std over the masked positions; with shift_mean=False the mean is added back.
-    Masked-out positions come back as 0, so whatever they held cannot leak anywhere."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    white = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        white = white + mean
-    return white * mask
+    U's raw scale is arbitrary (only differences were trained): μ and σ are U's mean and std on G's
+    first rollouts, fixed from then on, so β, the no-EOS score and the learning rates mean the same for
+    any U. A J′ without EOS is not a JD as U was trained to read one (template + JD + EOS); scoring it
+    low, rather than trusting U on it, teaches G to finish what it writes.
+    """
+    s = (u - mean) / std
+    return torch.where(ended, s, torch.full_like(s, no_eos_score))
 
 
 def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, kind: str = "k1") -> torch.Tensor:
@@ -93,28 +78,6 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float = 0.2) -> tuple[torch.Tensor, dict]:
-    """PPO's clipped surrogate, −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] over real tokens; and its diagnostics:
-    clip_frac (share of tokens where clipping bound) and approx_kl (E[½(log ρ)²], the k2 estimator)."""
-    log_ratio = logp - logp_old
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    stats = {"clip_frac": masked_mean((clipped > unclipped).float(), mask).item(),
-             "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item()}
-    return loss, stats
-
-
-def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float = 0.2) -> torch.Tensor:
-    """½·E[max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²)]: the critic may not move its estimate by more
-    than ε from the rollout's in one update, as the policy may not move its ratio."""
-    clipped = values_old + torch.clamp(values - values_old, -clip, clip)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
-
-
 class KLController:
     """β of the KL penalty: fixed, or adapted toward a target KL per sequence (Ziegler et al., 2019):
 
@@ -151,46 +114,6 @@ class PPOConfig:
     kl_estimator: str = "k1"
     temperature: float = 1.0  # the rollout's: log-probs are always under softmax(logits / T)
     grad_clip: float = 1.0
-
-
-@dataclass
-class Rollout:
-    ids: torch.Tensor  # [B, P + N] left-padded prompts, then the responses (padding after EOS)
-    attention_mask: torch.Tensor  # [B, P + N]
-    prompt_len: int  # P
-    mask: torch.Tensor  # [B, N] True on response tokens up to and including EOS
-    ended: torch.Tensor  # [B] whether the response ended with EOS
-
-    @property
-    def response(self) -> torch.Tensor:
-        return self.ids[:, self.prompt_len:]
-
-
-def rollout(actor, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
-            temperature: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
-    """Step 1: sample one response per prompt (no top-k/top-p: PPO's π is the plain tempered softmax)."""
-    was_training = actor.training
-    actor.eval()
-    out = generate(actor, prompts, max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
-                   generator=generator)
-    actor.train(was_training)
-    device = out.tokens.device
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
-    ended = ((out.tokens == eos_id) & out.mask).any(-1)
-    return Rollout(torch.cat([prompt_ids, out.tokens], 1), torch.cat([prompt_mask, out.mask.long()], 1),
-                   prompt_ids.shape[1], out.mask, ended)
-
-
-def response_logprobs(model, ids, attention_mask, prompt_len: int, temperature: float = 1.0):
-    """log π(a_t | s_t) of each response token and the policy's entropy there, both [B, N].
-
-    The logits at position P−1+t predict response token t; they are divided by the rollout's
-    temperature, and positions come from the attention mask, exactly as when sampling."""
-    logits = model(ids, attention_mask=attention_mask)[:, prompt_len - 1 : -1].float() / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
 
 
 def response_values(critic, ids, attention_mask, prompt_len: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ without padding, with left padding and with right padding in reference_logits.sa
 Reward models: a tiny *ForSequenceClassification (num_labels 1) of each family under
 tests/fixtures/tiny-<family>-rm/, with transformers' scores for a right- and a left-padded batch.
 
-It then checks the other direction: folders written by girl's save_pretrained open in
+It then checks the other direction: folders written by girl's save_model open in
 transformers.AutoModelForCausalLM (or AutoModelForSequenceClassification) and give girl's logits
 (scores). It exits non-zero if any check fails.
 """
@@ -26,7 +26,8 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from girl.model import Config, RewardModel, Transformer  # noqa: E402
+from girl.lm.checkpoint import load_model, save_model
+from girl.lm.model import Config, RewardModel, Transformer  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VOCAB, T = 96, 12
@@ -128,14 +129,14 @@ def make_reward_model(family: str, seed: int) -> None:
 def check_reward_roundtrip(model: RewardModel, name: str) -> float:
     right_ids, left_ids, left, right = reward_inputs(0)
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        save_model(tmp, model)
         theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp, dtype=torch.float32).eval()
         err = 0.0
         for ids, mask in ((right_ids, right), (left_ids, left)):
             with torch.no_grad():
                 ours = model(ids, attention_mask=mask)
             err = max(err, (ours - hf_scores(theirs, ids, mask)).abs().max().item())
-    print(f"{name}: girl RewardModel.save_pretrained -> transformers, max |Δscore| = {err:.2e}")
+    print(f"{name}: girl save_model(RewardModel) -> transformers, max |Δscore| = {err:.2e}")
     return err
 
 
@@ -143,7 +144,7 @@ def check_roundtrip(model: Transformer, name: str) -> float:
     """Save with girl, open with transformers, compare logits at every real position."""
     ids, left, _ = inputs(0)
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        save_model(tmp, model)
         theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
         err = 0.0
         for mask in (None, left):
@@ -153,7 +154,7 @@ def check_roundtrip(model: Transformer, name: str) -> float:
             if mask is not None:
                 diff = diff[mask.bool()]
             err = max(err, diff.max().item())
-    print(f"{name}: girl save_pretrained -> transformers, max |Δlogit| = {err:.2e}")
+    print(f"{name}: girl save_model -> transformers, max |Δlogit| = {err:.2e}")
     return err
 
 
@@ -164,7 +165,7 @@ def main():
         make_reward_model(family, seed + 10)
     errors = []
     for family in CONFIGS:
-        errors.append(check_roundtrip(Transformer.from_pretrained(FIXTURES / f"tiny-{family}"), f"tiny-{family}"))
+        errors.append(check_roundtrip(load_model(FIXTURES / f"tiny-{family}"), f"tiny-{family}"))
         # a model girl initialised itself (the path a from-scratch SFT run takes)
         torch.manual_seed(0)
         scratch = Transformer(Config(model_type=family, vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4,
@@ -172,7 +173,7 @@ def main():
                                      tie_embeddings=family != "llama")).eval()
         perturb(scratch, 0)
         errors.append(check_roundtrip(scratch, f"scratch-{family}"))
-        errors.append(check_reward_roundtrip(RewardModel.from_pretrained(FIXTURES / f"tiny-{family}-rm"),
+        errors.append(check_reward_roundtrip(load_model(FIXTURES / f"tiny-{family}-rm", RewardModel),
                                              f"tiny-{family}-rm"))
         torch.manual_seed(0)
         scratch_rm = RewardModel(replace(scratch.config, pad_token_id=PAD)).eval()

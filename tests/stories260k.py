@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from girl.model import Config, Transformer
+from girl.lm.model import Config, Transformer
 
 BOS = 1
 
 
-def load_model(path: Path) -> Transformer:
+def load_llama2c(path: Path) -> Transformer:
     data = path.read_bytes()
     dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = struct.unpack("<7i", data[:28])
     tied = vocab > 0  # llama2.c's convention: a negative vocab_size means a separate classifier follows

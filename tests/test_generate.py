@@ -13,8 +13,9 @@ import torch
 
 from girl import market
 from girl.data import right_pad, sft_example
-from girl.model import Config, RewardModel, Transformer
-from girl.tokenizer import Tokenizer
+from girl.lm.checkpoint import load_model, save_model
+from girl.lm.model import Config, RewardModel, Transformer
+from girl.lm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CV = "Name: Ann Lee\nSkills: Python, SQL\nExperience: 3 years\nCity: Shanghai"
@@ -43,8 +44,7 @@ def world(tmp_path_factory):
                 for w in G.parameters():
                     w.add_(0.05 * torch.randn_like(w))
         out = d / "ckpt" / name
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        save_model(out, model, tok)
         (out / "train_args.json").write_text(json.dumps({"lang": "en"}))
     os.utime(d / "ckpt" / "sft" / "config.json", (1e9, 1e9))  # written long before ckpt/ppo
     return d
@@ -93,7 +93,7 @@ def test_rank_with_u_sorts_by_u_and_reports_its_scores(world):
     scores = [jd["u_score"] for jd in jds]
     assert scores == sorted(scores, reverse=True)
     assert len({jd["jd"] for jd in jds}) > 1  # sampled, not six copies
-    U, tok = RewardModel.from_pretrained(world / "ckpt" / "rm"), Tokenizer.from_pretrained(world / "ckpt" / "rm")
+    U, tok = load_model(world / "ckpt" / "rm", RewardModel), Tokenizer.from_pretrained(world / "ckpt" / "rm")
     with torch.no_grad():
         for jd in jds:  # U(C, J′) computed directly, one sequence without padding
             ids = sft_example(tok, CV, jd["jd"], "en", U.config.max_seq_len)[0]["input_ids"]
@@ -156,10 +156,8 @@ def test_eval_table(world, tmp_path):
     assert rows["SFT (G after stage 1)"]["kl_to_sft"] == 0.0 and rows["SFT, greedy"]["kl_to_sft"] is None
     assert rows["PPO (G after stage 3)"]["kl_to_sft"] != 0.0
     # the references are the market's own JDs: every one parses, and the oracle equals f on the job itself
-    held = [json.loads(line) for line in (world / "data" / "eval.jsonl").read_text().splitlines()][:8]
-    seekers = [market.seeker_from_json(h["seeker"]) for h in held]
-    jobs = [market.job_from_json(json.loads(line)["job"]) for line in (world / "data" / "jobs.jsonl").read_text().splitlines()]
-    ref = market.references(seekers, jobs, seed=0)
+    seekers = market.seekers(market.heldout(world / "data", 8))
+    ref = market.references(seekers, market.load_jobs(world / "data")[1], seed=0)
     assert rows["the seeker's best market job"]["oracle"] == pytest.approx(ref["oracle_best_job"], rel=1e-12)
     assert rows["a random market JD"]["oracle"] == pytest.approx(ref["oracle_random_jd"], rel=1e-12)
     assert rows["a random market JD"]["parse_rate"] == rows["the seeker's best market job"]["parse_rate"] == 1.0

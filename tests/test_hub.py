@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from girl.hub import HubError, resolve
-from girl.model import Transformer
-from girl.tokenizer import Tokenizer
+from girl.lm.checkpoint import load_model
+from girl.lm.hub import HubError, resolve
+from girl.lm.tokenizer import Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -89,8 +89,8 @@ def logits(model):
 
 
 def test_download_then_offline(hub, tmp_path, monkeypatch):
-    model = Transformer.from_pretrained("tiny-org/tiny-qwen2")
-    assert torch.equal(logits(model), logits(Transformer.from_pretrained(FIXTURES / "tiny-qwen2")))
+    model = load_model("tiny-org/tiny-qwen2")
+    assert torch.equal(logits(model), logits(load_model(FIXTURES / "tiny-qwen2")))
     assert Tokenizer.from_pretrained("tiny-org/tiny-qwen2").encode("Hello world") == [15496, 995]
     cached = tmp_path / "cache" / "hub" / "tiny-org--tiny-qwen2" / "main"
     assert (cached / "model.safetensors").read_bytes() == (FIXTURES / "tiny-qwen2" / "model.safetensors").read_bytes()
@@ -100,9 +100,9 @@ def test_download_then_offline(hub, tmp_path, monkeypatch):
     n = len(hub.log)
     hub.server.shutdown()
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
-    assert torch.equal(logits(Transformer.from_pretrained("tiny-org/tiny-qwen2")), logits(model))
+    assert torch.equal(logits(load_model("tiny-org/tiny-qwen2")), logits(model))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert torch.equal(logits(Transformer.from_pretrained("tiny-org/tiny-qwen2")), logits(model))
+    assert torch.equal(logits(load_model("tiny-org/tiny-qwen2")), logits(model))
     assert len(hub.log) == n
 
 
@@ -110,17 +110,17 @@ def test_interrupted_download_resumes(hub, tmp_path):
     size = (FIXTURES / "tiny-qwen2" / "model.safetensors").stat().st_size
     hub.cut_after["model.safetensors"] = 30_000
     with pytest.raises(HubError, match=f"got 30000 of {size} bytes; run again to resume"):
-        Transformer.from_pretrained("tiny-org/tiny-qwen2")
+        load_model("tiny-org/tiny-qwen2")
     part = tmp_path / "cache" / "hub" / "tiny-org--tiny-qwen2" / "main" / "model.safetensors.part"
     assert part.stat().st_size == 30_000
     assert not part.with_suffix("").exists()  # no half file under the final name
 
-    model = Transformer.from_pretrained("tiny-org/tiny-qwen2")
+    model = load_model("tiny-org/tiny-qwen2")
     first, second = hub.requests("model.safetensors")
     assert first[1] is None and second[1] == "bytes=30000-"  # the second asked only for the rest...
     assert second[2] == size - 30_000  # ...and got only the rest
     assert not part.exists()
-    assert torch.equal(logits(model), logits(Transformer.from_pretrained(FIXTURES / "tiny-qwen2")))
+    assert torch.equal(logits(model), logits(load_model(FIXTURES / "tiny-qwen2")))
 
 
 def test_sharded_download(hub, tmp_path):
@@ -133,8 +133,8 @@ def test_sharded_download(hub, tmp_path):
         save_file({k: tensors[k] for k in names if weight_map[k] == shard}, str(repo / shard))
     (repo / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
-    model = Transformer.from_pretrained("tiny-org/tiny-qwen2")
-    assert torch.equal(logits(model), logits(Transformer.from_pretrained(FIXTURES / "tiny-qwen2")))
+    model = load_model("tiny-org/tiny-qwen2")
+    assert torch.equal(logits(model), logits(load_model(FIXTURES / "tiny-qwen2")))
     assert len(hub.requests("model-00001-of-00002.safetensors")) == 1
     assert len(hub.requests("model-00002-of-00002.safetensors")) == 1
     assert hub.requests("model.safetensors") == []  # the index was found, so no single file was asked for
@@ -143,18 +143,18 @@ def test_sharded_download(hub, tmp_path):
 def test_unknown_repo_and_offline_miss(hub, tmp_path, monkeypatch):
     with pytest.raises(HubError, match=r"nobody/nothing: no such local folder, and as a hub id: "
                                        r"http.*/nobody/nothing/resolve/main/config.json: not found \(404\)"):
-        Transformer.from_pretrained("nobody/nothing")
+        load_model("nobody/nothing")
     assert not (tmp_path / "cache").exists()  # a failed lookup leaves nothing in the cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubError, match="config.json is not in the cache .* and HF_HUB_OFFLINE is set"):
-        Transformer.from_pretrained("tiny-org/tiny-qwen2")
+        load_model("tiny-org/tiny-qwen2")
 
 
 def test_weights_must_be_safetensors(hub):
     repo = hub.repos["tiny-org/tiny-qwen2"]
     (repo / "model.safetensors").rename(repo / "pytorch_model.bin")
     with pytest.raises(HubError, match="neither model.safetensors nor model.safetensors.index.json"):
-        Transformer.from_pretrained("tiny-org/tiny-qwen2")
+        load_model("tiny-org/tiny-qwen2")
     assert hub.requests("pytorch_model.bin") == []
 
 

@@ -1,14 +1,13 @@
 """The synthetic market: the oracle reads back every JD the market writes, and f behaves as documented."""
 
+import math
 import random
 
 import pytest
 
-import math
-
-from girl.market import (Job, Seeker, build, compatibility, job_from_json, oracle_score, recruiter_prefers, references,
-                         sample_job, sample_seeker)
-from girl.market_text import parse_jd, render_cv, render_jd
+from girl.market import Job, Seeker, build, compatibility, oracle_score, recruiter_prefers, references
+from girl.market.text import parse_jd, render_cv, render_jd
+from girl.market.world import sample_job, sample_seeker
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
@@ -71,7 +70,7 @@ def test_cvs_vary_but_carry_the_facts():
     s = sample_seeker(rng)
     zh = {render_cv(s, "zh", rng) for _ in range(20)}
     assert len(zh) > 10  # phrasing, order and optional sections vary
-    from girl.market_text import CITIES
+    from girl.market.text import CITIES
     assert all(CITIES[s.city][0] in cv for cv in zh)
 
 
@@ -86,5 +85,5 @@ def test_build_writes_disjoint_splits(tmp_path):
     held = {r["cv"] for r in read("eval")} | {r["cv"] for r in read("ppo")}
     assert not (sft_cvs & rm_cvs) and not (held & (sft_cvs | rm_cvs))
     seekers = [sample_seeker(random.Random(0))]
-    ref = references(seekers, [job_from_json(r["job"]) for r in read("jobs")])
+    ref = references(seekers, [Job.from_json(r["job"]) for r in read("jobs")])
     assert 0 <= ref["oracle_random_jd"] <= ref["oracle_best_job"] <= 1

@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from girl.checkpoint import CheckpointError, atomic_dir
-from girl.model import Transformer
+from girl.files import CheckpointError, atomic_dir
+from girl.lm.checkpoint import load_model, save_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["llama", "qwen2", "gpt2"]
@@ -33,7 +33,7 @@ def copy_fixture(family, tmp_path) -> Path:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_transformers(family):
     ref = reference(family)
-    model = Transformer.from_pretrained(FIXTURES / f"tiny-{family}")
+    model = load_model(FIXTURES / f"tiny-{family}")
     with torch.no_grad():
         logits = model(ref["input_ids"])
     assert logits.shape == ref["logits"].shape
@@ -45,7 +45,7 @@ def test_logits_match_transformers(family):
 def test_padded_logits_match_transformers(family, side):
     ref = reference(family)
     mask = ref[f"{side}_mask"]
-    model = Transformer.from_pretrained(FIXTURES / f"tiny-{family}")
+    model = load_model(FIXTURES / f"tiny-{family}")
     with torch.no_grad():
         logits = model(ref["input_ids"], attention_mask=mask)
     assert torch.isfinite(logits).all()  # padding queries must not produce NaN
@@ -55,7 +55,7 @@ def test_padded_logits_match_transformers(family, side):
 
 def test_left_padded_row_equals_the_row_alone():
     ref = reference("llama")
-    model = Transformer.from_pretrained(FIXTURES / "tiny-llama")
+    model = load_model(FIXTURES / "tiny-llama")
     mask = ref["left_mask"]
     with torch.no_grad():
         batch = model(ref["input_ids"], attention_mask=mask)
@@ -66,7 +66,7 @@ def test_left_padded_row_equals_the_row_alone():
 
 
 def test_families_differ_as_documented():
-    llama, qwen2, gpt2 = (Transformer.from_pretrained(FIXTURES / f"tiny-{f}") for f in FAMILIES)
+    llama, qwen2, gpt2 = (load_model(FIXTURES / f"tiny-{f}") for f in FAMILIES)
     assert llama.lm_head.weight is not llama.tok_emb.weight  # untied
     assert qwen2.lm_head.weight is qwen2.tok_emb.weight and gpt2.lm_head.weight is gpt2.tok_emb.weight
     assert llama.config.n_kv_heads < llama.config.n_heads  # the fixture exercises GQA
@@ -76,27 +76,26 @@ def test_families_differ_as_documented():
 
 
 def test_default_dtype_and_explicit_dtype():
-    model = Transformer.from_pretrained(FIXTURES / "tiny-qwen2")
+    model = load_model(FIXTURES / "tiny-qwen2")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    half = Transformer.from_pretrained(FIXTURES / "tiny-qwen2", dtype=torch.bfloat16)
+    half = load_model(FIXTURES / "tiny-qwen2", dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     assert half.lm_head.weight is half.tok_emb.weight
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_save_pretrained_round_trip(family, tmp_path):
+def test_save_model_round_trip(family, tmp_path):
     src = FIXTURES / f"tiny-{family}"
-    model = Transformer.from_pretrained(src)
-    with atomic_dir(tmp_path / "out") as out:
-        model.save_pretrained(out)
+    model = load_model(src)
     out = tmp_path / "out"
+    save_model(out, model)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     with safe_open(str(src / "model.safetensors"), "pt") as a, safe_open(str(out / "model.safetensors"), "pt") as b:
         assert set(a.keys()) == set(b.keys())  # the same Hugging Face names
         for k in a.keys():
             assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
     ref = reference(family)
-    again = Transformer.from_pretrained(out)
+    again = load_model(out)
     with torch.no_grad():
         assert torch.equal(model(ref["input_ids"]), again(ref["input_ids"]))
 
@@ -115,12 +114,12 @@ def test_sharded_checkpoint(tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     ref = reference("llama")
     with torch.no_grad():
-        logits = Transformer.from_pretrained(folder)(ref["input_ids"])
+        logits = load_model(folder)(ref["input_ids"])
     assert (logits - ref["logits"]).abs().max().item() <= ATOL
 
     (folder / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_openai_gpt2_layout(tmp_path):
@@ -132,7 +131,7 @@ def test_openai_gpt2_layout(tmp_path):
     save_file(renamed, str(folder / "model.safetensors"))
     ref = reference("gpt2")
     with torch.no_grad():
-        logits = Transformer.from_pretrained(folder)(ref["input_ids"])
+        logits = load_model(folder)(ref["input_ids"])
     assert (logits - ref["logits"]).abs().max().item() <= ATOL
 
 
@@ -156,21 +155,21 @@ def test_unknown_model_type(tmp_path):
     folder = copy_fixture("llama", tmp_path)
     edit_config(folder, model_type="mamba")
     with pytest.raises(CheckpointError, match=r"config.json: model_type 'mamba' is not supported.*gpt2, llama, qwen2"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_unsupported_option(tmp_path):
     folder = copy_fixture("llama", tmp_path)
     edit_config(folder, rope_scaling={"rope_type": "llama3", "factor": 8.0}, rope_parameters=None)
     with pytest.raises(CheckpointError, match="RoPE scaling 'llama3' is not supported"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_missing_config(tmp_path):
     folder = copy_fixture("llama", tmp_path)
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match=f"{folder}: no config.json"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_missing_config_field(tmp_path):
@@ -179,7 +178,7 @@ def test_missing_config_field(tmp_path):
     del cfg["hidden_size"]
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="config.json: required field 'hidden_size' is missing"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_missing_and_unexpected_tensors_are_listed(tmp_path):
@@ -191,7 +190,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
 
     edit_tensors(folder, damage)
     with pytest.raises(CheckpointError) as e:
-        Transformer.from_pretrained(folder)
+        load_model(folder)
     assert "missing 1: model.layers.1.mlp.up_proj.weight" in str(e.value)
     assert "unexpected 1: model.layers.2.mlp.up_proj.weight" in str(e.value)
 
@@ -209,20 +208,19 @@ def test_shape_mismatch_names_tensor_and_file(family, change, message, tmp_path)
     folder = copy_fixture(family, tmp_path)
     edit_config(folder, **change)
     with pytest.raises(CheckpointError, match=message):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_pickles_are_refused(tmp_path):
     folder = copy_fixture("llama", tmp_path)
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pytorch_model.bin: pickles are never loaded"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_atomic_dir_keeps_old_checkpoint_on_crash(tmp_path):
-    model = Transformer.from_pretrained(FIXTURES / "tiny-llama")
-    with atomic_dir(tmp_path / "ckpt") as out:
-        model.save_pretrained(out)
+    model = load_model(FIXTURES / "tiny-llama")
+    save_model(tmp_path / "ckpt", model)
     before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
     with pytest.raises(KeyboardInterrupt):
         with atomic_dir(tmp_path / "ckpt") as out:

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from girl import ppo
-from girl.model import Config, RewardModel, Transformer
-from girl.ppo import (KLController, explained_variance, gae, kl_penalty, masked_mean, masked_var, masked_whiten,
-                      per_token_rewards, policy_loss, value_loss)
+from girl.lm.model import Config, RewardModel, Transformer
+from girl.lm.sampling import generate, response_logprobs, rollout
+from girl.losses import masked_mean, masked_var, masked_whiten, policy_loss, value_loss
+from girl.ppo import KLController, explained_variance, gae, kl_penalty, per_token_rewards, shaped_scores
 
 
 def test_kl_estimators_by_hand():
@@ -156,26 +157,26 @@ def test_rollout_logprobs_match_the_sampler_and_padding():
     actor, *_ = toy_models()
     g = torch.Generator().manual_seed(0)
     prompts = [[4, 5, 6, 7], [8], [9, 10]]  # ragged: left padding
-    batch = ppo.rollout(actor, prompts, 8, EOS, 0, temperature=0.7, generator=g)
+    batch = rollout(actor, prompts, 8, EOS, 0, temperature=0.7, generator=g)
     g = torch.Generator().manual_seed(0)
-    out = ppo.generate(actor, prompts, 8, eos_id=EOS, pad_id=0, temperature=0.7, generator=g)
+    out = generate(actor, prompts, 8, eos_id=EOS, pad_id=0, temperature=0.7, generator=g)
     assert torch.equal(batch.response, out.tokens) and torch.equal(batch.mask, out.mask)
-    logp, entropy = ppo.response_logprobs(actor, batch.ids, batch.attention_mask, batch.prompt_len, 0.7)
+    logp, entropy = response_logprobs(actor, batch.ids, batch.attention_mask, batch.prompt_len, 0.7)
     # a full forward under the same temperature and positions gives the sampler's (cached) log-probs
     assert torch.allclose(logp[batch.mask], out.logprobs[out.mask], atol=1e-5)
     assert (entropy[batch.mask] > 0).all()
-    alone = ppo.rollout(actor, [[8]], 8, EOS, 0)  # a row's log-probs do not depend on its neighbours' padding
-    lp_alone, _ = ppo.response_logprobs(actor, alone.ids, alone.attention_mask, alone.prompt_len)
+    alone = rollout(actor, [[8]], 8, EOS, 0)  # a row's log-probs do not depend on its neighbours' padding
+    lp_alone, _ = response_logprobs(actor, alone.ids, alone.attention_mask, alone.prompt_len)
     ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), alone.ids], 1)
     attn = torch.cat([torch.zeros(1, 3, dtype=torch.long), alone.attention_mask], 1)
-    lp_padded, _ = ppo.response_logprobs(actor, ids, attn, alone.prompt_len + 3)
+    lp_padded, _ = response_logprobs(actor, ids, attn, alone.prompt_len + 3)
     assert torch.allclose(lp_alone[alone.mask], lp_padded[alone.mask], atol=1e-6)
 
 
 def test_ratio_is_exactly_one_on_the_first_minibatch():
     actor, critic, ref, (opt_a, opt_c) = toy_models()
     g = torch.Generator().manual_seed(1)
-    batch = ppo.rollout(actor, torch.randint(4, 14, (32, 4), generator=g).tolist(), 8, EOS, 0, generator=g)
+    batch = rollout(actor, torch.randint(4, 14, (32, 4), generator=g).tolist(), 8, EOS, 0, generator=g)
     stats = ppo.update(actor, critic, ref, batch, toy_reward(batch), 0.05, ppo.PPOConfig(minibatch_size=8),
                        opt_a, opt_c, generator=g)
     assert stats["first_minibatch_logratio"] == 0.0
@@ -190,7 +191,7 @@ def test_ppo_raises_a_programmatic_reward_and_trains_both_models():
     cfg = ppo.PPOConfig(minibatch_size=16)
     rewards = []
     for _ in range(10):
-        batch = ppo.rollout(actor, torch.randint(4, 14, (32, 4), generator=g).tolist(), 8, EOS, 0, generator=g)
+        batch = rollout(actor, torch.randint(4, 14, (32, 4), generator=g).tolist(), 8, EOS, 0, generator=g)
         r = toy_reward(batch)
         rewards.append(r.mean().item())
         ppo.update(actor, critic, ref, batch, r, 0.01, cfg, opt_a, opt_c, generator=g)
@@ -199,3 +200,10 @@ def test_ppo_raises_a_programmatic_reward_and_trains_both_models():
     for model, before in ((actor, before_actor), (critic, before_critic)):
         assert any(not torch.equal(p, before[n]) for n, p in model.state_dict().items())
     assert torch.equal(ref.layers[0].attn.q.weight, before_actor["layers.0.attn.q.weight"])  # the reference is frozen
+
+
+def test_shaped_scores_by_hand():
+    """s = (U − μ)/σ for a J′ that ended with EOS, the fixed no-EOS score for one cut at max_new_tokens."""
+    u = torch.tensor([3.0, 1.0, 5.0])
+    ended = torch.tensor([True, True, False])
+    assert shaped_scores(u, ended, mean=2.0, std=0.5, no_eos_score=-3.0).tolist() == [2.0, -2.0, -3.0]

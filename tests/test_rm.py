@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from girl.checkpoint import CheckpointError
 from girl.data import DataError, read_jsonl, right_pad
+from girl.files import CheckpointError
+from girl.lm.checkpoint import load_model, save_model
+from girl.lm.model import Config, RewardModel, last_token_index
 from girl.losses import rm_loss
-from girl.model import Config, RewardModel, Transformer, last_token_index
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["llama", "qwen2", "gpt2"]
@@ -37,7 +38,7 @@ def test_rm_loss_by_hand():
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_scores_match_transformers(family, side):
     ref = load_file(str(FIXTURES / f"tiny-{family}-rm" / "reference_scores.safetensors"))
-    u = RewardModel.from_pretrained(FIXTURES / f"tiny-{family}-rm")
+    u = load_model(FIXTURES / f"tiny-{family}-rm", RewardModel)
     with torch.no_grad():
         scores = u(ref[f"{side}_ids"], attention_mask=ref[f"{side}_mask"])
     assert scores.shape == (3,)
@@ -54,7 +55,7 @@ def test_last_token_index():
 
 
 def test_padded_scores_equal_scores_alone():
-    u = RewardModel.from_pretrained(FIXTURES / "tiny-qwen2-rm")
+    u = load_model(FIXTURES / "tiny-qwen2-rm", RewardModel)
     seqs = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
     ids, mask = right_pad(seqs, pad_id=0)
     with torch.no_grad():
@@ -71,27 +72,32 @@ def test_padded_scores_equal_scores_alone():
 
 
 def test_save_reload_identical_scores(tmp_path):
-    u = RewardModel.from_pretrained(FIXTURES / "tiny-llama-rm")
-    u.save_pretrained(tmp_path)
+    u = load_model(FIXTURES / "tiny-llama-rm", RewardModel)
+    save_model(tmp_path, u)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and config["num_labels"] == 1
-    again = RewardModel.from_pretrained(tmp_path)
+    again = load_model(tmp_path, RewardModel)
     ids = torch.randint(1, 96, (4, 9))
     with torch.no_grad():
         assert torch.equal(u(ids), again(ids))
-    with pytest.raises(CheckpointError, match="holds a reward model .* RewardModel.from_pretrained"):
-        Transformer.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"holds a reward model .* load_model\(path, RewardModel\)"):
+        load_model(tmp_path)
 
 
 def test_reward_model_from_a_language_model():
-    """U started from an LM folder: the LM's backbone exactly, a new head, no LM head."""
-    lm = Transformer.from_pretrained(FIXTURES / "tiny-llama")
-    u = RewardModel.from_pretrained(FIXTURES / "tiny-llama")
+    """U started from an LM: the LM's backbone exactly, a new head, no LM head; an LM folder is refused where a
+    trained U is expected."""
+    lm = load_model(FIXTURES / "tiny-llama")
+    u = RewardModel.from_generator(lm)
     ids = torch.randint(0, 96, (2, 7))
     with torch.no_grad():
         assert torch.equal(u.backbone.hidden_states(ids), lm.hidden_states(ids))
     assert u.backbone.lm_head is None and u.head.weight.shape == (1, 32)
     assert 0.5 / math.sqrt(33) < u.head.weight.std().item() < 2 / math.sqrt(33)  # N(0, 1/(d+1))
+    low = RewardModel.from_generator(lm, n_layers=1)  # the built-in U: G's lowest layers
+    assert low.config.n_layers == 1 and torch.equal(low.backbone.layers[0].mlp.up.weight, lm.layers[0].mlp.up.weight)
+    with pytest.raises(CheckpointError, match="holds a language model, not a reward model"):
+        load_model(FIXTURES / "tiny-llama", RewardModel)
 
 
 def test_tiny_reward_model_learns_a_separable_preference():
@@ -137,4 +143,4 @@ def test_several_labels_is_not_a_reward_model(tmp_path):
     config.pop("num_labels", None)
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="num_labels must be 1"):
-        RewardModel.from_pretrained(tmp_path / "m")
+        load_model(tmp_path / "m", RewardModel)

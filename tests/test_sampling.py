@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from stories260k import BOS, load_llama2c
 
-from girl.model import Transformer
-from girl.sampling import generate, left_pad, response_texts, sample_next
-from girl.tokenizer import Tokenizer
-from stories260k import BOS, load_model
+from girl.lm.checkpoint import load_model
+from girl.lm.sampling import decoded, generate, left_pad, sample_next
+from girl.lm.tokenizer import Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # real tokens from stories260K's vocabulary; lengths differ so the batch needs padding
@@ -18,7 +18,7 @@ PROMPTS = [[BOS, 403, 407, 261, 356, 271], [BOS, 66], [BOS, 300, 288, 280, 301]]
 
 @pytest.fixture(scope="module")
 def stories():
-    return load_model(FIXTURES / "stories260K" / "stories260K.bin")
+    return load_llama2c(FIXTURES / "stories260K" / "stories260K.bin")
 
 
 def recompute_logprobs(model, prompt, new_tokens, temperature):
@@ -67,7 +67,7 @@ def test_left_padded_batch_equals_each_prompt_alone(stories):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_each_family_cached_equals_recompute(family):
-    model = Transformer.from_pretrained(FIXTURES / f"tiny-{family}")
+    model = load_model(FIXTURES / f"tiny-{family}")
     prompts = [[5, 17, 3, 60, 2], [9], [40, 41, 42]]
     g = torch.Generator().manual_seed(1)
     out = generate(model, prompts, max_new_tokens=20, temperature=0.9, generator=g)
@@ -79,7 +79,7 @@ def test_each_family_cached_equals_recompute(family):
 
 def test_each_sequence_stops_at_its_own_eos():
     torch.manual_seed(0)
-    model = Transformer.from_pretrained(FIXTURES / "tiny-llama")
+    model = load_model(FIXTURES / "tiny-llama")
     # find the first greedy token of prompt 0 and declare it EOS: prompt 0 stops at once, others go on
     first = generate(model, [[1, 2, 3]], max_new_tokens=1, greedy=True).tokens[0, 0].item()
     out = generate(model, [[1, 2, 3], [50, 51]], max_new_tokens=8, eos_id=first, pad_id=-1, greedy=True)
@@ -131,10 +131,12 @@ def test_bad_arguments(stories):
         generate(stories, [[BOS] * 500], max_new_tokens=20)
 
 
-def test_response_texts_stop_at_eos():
+def test_decoded_stops_at_eos():
     tok = Tokenizer.train(["hello world", "job description"], 300)
     hello, world = tok.encode("hello"), tok.encode(" world")
     row = hello + world + [tok.eos_id, tok.pad_id]
     tokens = torch.tensor([row, hello + [tok.pad_id] * (len(row) - len(hello))])
     mask = torch.tensor([[True] * (len(row) - 1) + [False], [True] * len(hello) + [False] * (len(row) - len(hello))])
-    assert response_texts(tok, tokens, mask) == ["hello world", "hello"]
+    kept, texts, ended = decoded(tok, tokens, mask)
+    assert texts == ["hello world", "hello"] and ended == [True, False]
+    assert kept == [hello + world, hello]

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from girl.data import IGNORE, DataError, build_from_log, collate, read_jsonl, sft_example
+from girl.lm.model import Config, Transformer
+from girl.lm.sampling import generate
+from girl.lm.tokenizer import Tokenizer
 from girl.losses import sft_loss
-from girl.model import Config, Transformer
-from girl.sampling import generate
 from girl.template import TEMPLATE, prompt_ids, template_overhead
-from girl.tokenizer import Tokenizer
 
 PAIRS = [
     ("Name: Ann\nSkills: Python, SQL\nLocation: Beijing", "Position: Data Analyst\nLocation: Beijing"),

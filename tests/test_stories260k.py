@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from stories260k import BOS, decode, load_llama2c, load_pieces
 
-from girl.sampling import generate
-from stories260k import BOS, decode, load_model, load_pieces
+from girl.lm.sampling import generate
 
 HERE = Path(__file__).parent / "fixtures" / "stories260K"
 STEPS = 200
@@ -15,7 +15,7 @@ STEPS = 200
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(HERE / "stories260K.bin")
+    return load_llama2c(HERE / "stories260K.bin")
 
 
 def test_greedy_200_matches_llama2c_byte_for_byte(model):

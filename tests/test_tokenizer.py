@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from girl.checkpoint import CheckpointError
-from girl.model import Transformer
-from girl.tokenizer import Tokenizer
+from girl.files import CheckpointError
+from girl.lm.checkpoint import load_model
+from girl.lm.tokenizer import Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GPT2 = FIXTURES / "gpt2-tokenizer"
@@ -60,7 +60,7 @@ def test_special_tokens_and_save_round_trip(tmp_path):
 
 
 def test_tokenizer_that_does_not_fit_the_model(gpt2):
-    tiny = Transformer.from_pretrained(FIXTURES / "tiny-llama")
+    tiny = load_model(FIXTURES / "tiny-llama")
     with pytest.raises(CheckpointError, match="tokenizer.json: tokenizer produces ids up to 50256, but tiny-llama "
                                               "has only 96 embeddings"):
         gpt2.check_fits(tiny.config, "tiny-llama")

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from girl.lm.checkpoint import load_model
+from girl.lm.model import RewardModel
+from girl.lm.tokenizer import Tokenizer
 from girl.market import build
-from girl.model import RewardModel, Transformer
-from girl.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,11 +57,11 @@ def test_writes_the_new_g_and_its_metrics(init, tmp_path):
                 "explained_variance", "response_length", "eos_rate", "oracle"):
         assert key in first, key
     assert first["first_minibatch_logratio"] == 0.0  # old and new policy agree before the first step
-    actor = Transformer.from_pretrained(tmp_path / "ppo")  # an ordinary HF causal-LM folder: the new G
-    g = Transformer.from_pretrained(init / "ckpt" / "sft")
+    actor = load_model(tmp_path / "ppo")  # an ordinary HF causal-LM folder: the new G
+    g = load_model(init / "ckpt" / "sft")
     assert any(not torch.equal(a, b) for a, b in zip(actor.state_dict().values(), g.state_dict().values()))
-    critic = RewardModel.from_pretrained(tmp_path / "ppo-last" / "critic")
-    u = RewardModel.from_pretrained(init / "ckpt" / "rm")
+    critic = load_model(tmp_path / "ppo-last" / "critic", RewardModel)
+    u = load_model(init / "ckpt" / "rm", RewardModel)
     assert not torch.equal(critic.head.weight, u.head.weight)  # the critic trained; U stayed as it was
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from girl.lm.checkpoint import load_model
+from girl.lm.model import RewardModel
 from girl.market import build
-from girl.model import RewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_train_rm_writes_a_reward_model_smaller_than_g(market_and_g, tmp_path):
     assert metrics["u_parameters"] < metrics["g_parameters"]
     config = json.loads((tmp_path / "rm" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and config["num_labels"] == 1
-    u = RewardModel.from_pretrained(tmp_path / "rm")
+    u = load_model(tmp_path / "rm", RewardModel)
     with torch.no_grad():
         assert u(torch.tensor([[1, 2, 3]])).shape == (1,)
 

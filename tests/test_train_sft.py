@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from girl.lm.checkpoint import load_model
 from girl.market import build
-from girl.model import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(pairs, tmp_path):
     proc.wait(timeout=60)
     state = json.loads((tmp_path / "b-last" / "trainer_state.json").read_text())
     assert 6 <= state["step"] < 12, "the run was not interrupted before its end"
-    Transformer.from_pretrained(tmp_path / "b")  # what the killed run left is a whole checkpoint
+    load_model(tmp_path / "b")  # what the killed run left is a whole checkpoint
 
     done = subprocess.run(command(pairs, tmp_path / "b", "--resume"), check=True, env=env, capture_output=True,
                           text=True, timeout=300)

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from girl.model import Config, Transformer
-from girl.training import load_state, lr_at, param_groups, save_state
+from girl.lm.checkpoint import load_model, load_optimizer, save_model
+from girl.lm.model import Config, Transformer
+from girl.training import lr_at, param_groups
 
 
 def tiny(model_type="qwen2", tie=True):
@@ -51,13 +52,12 @@ def test_optimizer_state_round_trip(tmp_path):
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2)
     for seed in range(3):
         step(model, opt, seed)
-    model.save_pretrained(tmp_path)
-    save_state(tmp_path, model, opt, {"step": 3})
+    save_model(tmp_path, model, optimizer=opt, state={"step": 3})
 
-    again = Transformer.from_pretrained(tmp_path)
+    again = load_model(tmp_path)
     again.train()
     opt2 = torch.optim.AdamW(param_groups(again, 0.1), lr=1e-2)
-    assert load_state(tmp_path, again, opt2) == {"step": 3}
+    assert load_optimizer(tmp_path, again, opt2) == {"step": 3}
     step(model, opt, 99)
     step(again, opt2, 99)
     for (name, a), b in zip(model.named_parameters(), again.parameters()):

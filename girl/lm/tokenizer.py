@@ -10,8 +10,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from girl import hub
-from girl.checkpoint import CheckpointError, write_json
+from girl.files import CheckpointError, write_json
+from girl.lm import hub
 
 
 def _token_text(value):
@@ -96,6 +96,12 @@ class Tokenizer:
     @property
     def pad_id(self) -> int | None:
         return self._id(self.pad_token)
+
+    @property
+    def pad_or_eos_id(self) -> int:
+        """What batches are padded with: the pad token, or EOS when there is none (as for GPT-2 and Llama).
+        Safe because every mask and label is built from lengths, never by comparing ids with this one."""
+        return self.pad_id if self.pad_id is not None else self.eos_id
 
     @property
     def vocab_size(self) -> int:

@@ -1,7 +1,10 @@
-"""Batched autoregressive sampling with a KV cache: how G writes J′ for a batch of CVs.
+"""Batched autoregressive sampling with a KV cache: how G writes J′ for a batch of CVs, and the log-probs
+of what it wrote.
 
     out = generate(model, prompts, max_new_tokens=128, eos_id=tok.eos_id, temperature=0.7)
     out.tokens, out.logprobs, out.mask     # each [B, N]
+    batch = rollout(model, prompts, ...)   # prompts and responses as one sequence, for PPO and KL
+    logp, entropy = response_logprobs(model, batch.ids, batch.attention_mask, batch.prompt_len)
 
 Prompts are left-padded so that every sequence's next token is sampled at the same column; positions
 count real tokens only, so a padded prompt sees exactly what it would see alone. `logprobs` are
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from girl.model import KVCache, Transformer
+from girl.lm.model import KVCache, Transformer
 
 
 @dataclass
@@ -22,6 +25,8 @@ class Generation:
     tokens: torch.Tensor  # [B, N] new tokens; pad_id after a sequence's EOS
     logprobs: torch.Tensor  # [B, N] log π(token) under the sampling temperature; 0 where mask is False
     mask: torch.Tensor  # [B, N] True for generated tokens, up to and including EOS
+    prompt: torch.Tensor  # [B, P] the left-padded prompts the tokens continue
+    prompt_mask: torch.Tensor  # [B, P] 1 on real prompt tokens
 
 
 def response_tokens(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
@@ -29,9 +34,10 @@ def response_tokens(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[list[
     return [[t for t, m in zip(row, keep) if m and t != tok.eos_id] for row, keep in zip(tokens.tolist(), mask.tolist())]
 
 
-def response_texts(tok, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Each row's generated text: its real tokens, without the EOS that ended it."""
-    return [tok.decode(t) for t in response_tokens(tok, tokens, mask)]
+def decoded(tok, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[list, list, list]:
+    """Tokens (without EOS), texts and whether each ended with EOS, of a batch of generated J′."""
+    kept = response_tokens(tok, tokens, mask)
+    return kept, [tok.decode(t) for t in kept], ((tokens == tok.eos_id) & mask).any(-1).tolist()
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None):
@@ -121,4 +127,42 @@ def generate(
         # finished rows go on with their sampled token (pad_id need not be a valid id); nobody reads them
         logits = model(token[:, None], attention_mask=attention_mask, cache=cache)[:, -1]
     n = t + 1
-    return Generation(tokens[:, :n], logprobs[:, :n], mask[:, :n])
+    return Generation(tokens[:, :n], logprobs[:, :n], mask[:, :n], ids, attention_mask[:, :P])
+
+
+# ----------------------------------------------------------------------------- rollouts, for PPO and KL
+
+@dataclass
+class Rollout:
+    ids: torch.Tensor  # [B, P + N] left-padded prompts, then the responses (padding after EOS)
+    attention_mask: torch.Tensor  # [B, P + N]
+    prompt_len: int  # P
+    mask: torch.Tensor  # [B, N] True on response tokens up to and including EOS
+    ended: torch.Tensor  # [B] whether the response ended with EOS
+
+    @property
+    def response(self) -> torch.Tensor:
+        return self.ids[:, self.prompt_len:]
+
+
+def rollout(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+            temperature: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
+    """One response per prompt from the plain tempered softmax (no top-k/top-p: the policy PPO trains
+    and KL is measured for), returned as whole sequences that response_logprobs can replay."""
+    out = generate(model, prompts, max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
+                   generator=generator)
+    ended = ((out.tokens == eos_id) & out.mask).any(-1)
+    return Rollout(torch.cat([out.prompt, out.tokens], 1), torch.cat([out.prompt_mask, out.mask.long()], 1),
+                   out.prompt.shape[1], out.mask, ended)
+
+
+def response_logprobs(model, ids, attention_mask, prompt_len: int, temperature: float = 1.0):
+    """log π(a_t | s_t) of each response token and the policy's entropy there, both [B, N].
+
+    The logits at position P−1+t predict response token t; they are divided by the rollout's
+    temperature, and positions come from the attention mask, exactly as when sampling."""
+    logits = model(ids, attention_mask=attention_mask)[:, prompt_len - 1 : -1].float() / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy

@@ -1,4 +1,4 @@
-"""The decoder-only transformer behind every GIRL model: G (generator), U (reward model), M (matcher).
+"""The decoder-only transformer behind every GIRL model: the generator G and the reward model U.
 
 One class covers three public families. They differ in a handful of switches, all read from the
 Hugging Face config.json (`model_type`):
@@ -10,10 +10,11 @@ Hugging Face config.json (`model_type`):
 
 Both llama and qwen2 may use grouped-query attention (fewer key/value heads than query heads).
 There is no dropout anywhere: PPO needs the log-probs of a rollout and of its replay to agree.
+Pure architecture: reading and writing Hugging Face folders is girl/lm/checkpoint.py's job.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -235,20 +236,6 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
 
-    @classmethod
-    def from_pretrained(cls, name_or_path, dtype=None, device=None) -> "Transformer":
-        """Load a local Hugging Face folder or a hub id ("Qwen/Qwen2.5-0.5B") of a gpt2, llama or qwen2 model.
-
-        Default dtype: float32 on CPU, bfloat16 on CUDA.
-        """
-        return _from_pretrained(cls, name_or_path, dtype, device)
-
-    def save_pretrained(self, out_dir):
-        """Write config.json and model.safetensors under Hugging Face names into `out_dir`."""
-        from girl import checkpoint
-
-        checkpoint.save(self, out_dir)
-
 
 def last_token_index(attention_mask, B: int, T: int, device):
     """Position of each row's last real token: the rightmost 1 of the mask (right or left padding)."""
@@ -285,38 +272,13 @@ class RewardModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, name_or_path, dtype=None, device=None) -> "RewardModel":
-        """A reward model folder; or a language model's folder, whose backbone gets a freshly initialised head."""
-        return _from_pretrained(cls, name_or_path, dtype, device)
-
-    def save_pretrained(self, out_dir):
-        from girl import checkpoint
-
-        checkpoint.save(self, out_dir)
-
-
-def _from_pretrained(cls, name_or_path, dtype, device):
-    from girl import checkpoint
-
-    folder, config, holds_reward_model = checkpoint.open_folder(name_or_path)
-    if holds_reward_model and cls is Transformer:
-        raise checkpoint.CheckpointError(
-            f"{folder} holds a reward model (...ForSequenceClassification); open it with RewardModel.from_pretrained")
-    device = torch.device(device or "cpu")
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    with torch.device("meta"):  # no time spent on a random init that is overwritten at once
-        model = cls(config)
-    expected = {name: t.shape for name, t in model.state_dict().items()}
-    score_head = cls is RewardModel
-    state = checkpoint.load_state_dict(folder, config, expected, score_head=score_head,
-                                       head_optional=score_head and not holds_reward_model)
-    if "head.weight" in expected and "head.weight" not in state:  # U from a language model: a new head
-        state["head.weight"] = torch.randn(1, config.dim) / math.sqrt(config.dim + 1)
-    state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    (model.backbone if score_head else model).tie_weights()  # assign=True replaced a shared Parameter by two
-    return model.eval()
+    def from_generator(cls, G: Transformer, n_layers: int | None = None) -> "RewardModel":
+        """U started from a language model: G's embeddings, its lowest n_layers blocks (default: all) and its
+        final norm, and a new head (the paper starts U from a smaller pretrained LLM)."""
+        U = cls(replace(G.config, n_layers=n_layers or G.config.n_layers))
+        wanted = U.backbone.state_dict().keys()
+        U.backbone.load_state_dict({k: v for k, v in G.state_dict().items() if k in wanted})
+        return U.to(next(G.parameters()).device)
 
 
 def attention_bias(attention_mask, B: int, T: int, past: int, device):

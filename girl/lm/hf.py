@@ -1,27 +1,13 @@
-"""Hugging Face folders in and out: config.json <-> Config, safetensors names <-> our parameter names.
+"""Hugging Face names in and out: config.json <-> Config, and safetensors tensor names <-> our parameters.
 
-A checkpoint is an ordinary Hugging Face folder (config.json, model.safetensors or sharded
-model.safetensors.index.json, tokenizer.json), so transformers, TRL or vLLM can open what we write.
-Weights are read from safetensors only: pickled .bin files can run code when loaded.
+One explicit map per family (hf_layout), with the transposes and fused tensors commented. Pure
+translation: files are read and written by girl/lm/checkpoint.py.
 """
 
-import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from girl.model import FAMILIES, Config
-
-
-class CheckpointError(ValueError):
-    """A folder or file that cannot be loaded; the message names it and says what to do."""
-
+from girl.files import CheckpointError
+from girl.lm.model import FAMILIES, Config
 
 # ----------------------------------------------------------------------------- config.json
 
@@ -116,30 +102,6 @@ def config_to_hf(c: Config, dtype: torch.dtype = torch.float32, score_head: bool
             "attention_bias": False, "attention_dropout": 0.0}
 
 
-def open_folder(name_or_path) -> tuple[Path, Config, bool]:
-    """(folder, config, whether it holds a reward model) of a local folder or hub id."""
-    from girl import hub
-
-    folder = hub.resolve(name_or_path)
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"{folder}: no config.json; pass a Hugging Face model folder (config.json + model.safetensors)"
-        )
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    try:
-        config = config_from_hf(hf, str(path))
-    except KeyError as e:
-        raise CheckpointError(f"{path}: required field {e.args[0]!r} is missing") from None
-    is_reward_model = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
-    if is_reward_model and hf.get("num_labels", len(hf.get("id2label") or {0: 0})) != 1:
-        raise CheckpointError(f"{path}: a sequence classifier with several labels is not a reward model (num_labels must be 1)")
-    return folder, config, is_reward_model
-
-
 # ----------------------------------------------------------------------------- weight names
 
 def hf_layout(c: Config, score_head: bool = False) -> list[tuple[str, list[str], bool]]:
@@ -186,7 +148,7 @@ def hf_layout(c: Config, score_head: bool = False) -> list[tuple[str, list[str],
     return layout
 
 
-def _ignorable(name: str, c: Config, score_head: bool) -> bool:
+def ignorable(name: str, c: Config, score_head: bool) -> bool:
     """Tensors some public checkpoints carry that are not weights, or duplicate a tied one, or (for a reward
     model started from a language model) the LM head it does not use."""
     return (name.endswith((".attn.bias", ".attn.masked_bias"))  # GPT-2's causal-mask buffers
@@ -194,120 +156,18 @@ def _ignorable(name: str, c: Config, score_head: bool) -> bool:
             or ((c.tie_embeddings or score_head) and name == "lm_head.weight"))
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{index}: shard files missing from the folder: {', '.join(missing)}")
-        return [folder / s for s in shards]
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return [single]
-    pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
-    hint = (f" It has {', '.join(pickles)}: pickles are never loaded; convert them to safetensors first."
-            if pickles else "")
-    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
+def hf_name(name: str, c: Config) -> str:
+    """The name transformers gives a stored tensor: the original gpt2 checkpoints omit the "transformer."
+    prefix that GPT2LMHeadModel adds."""
+    if c.gpt2 and not name.startswith(("transformer.", "lm_head.", "score.")):
+        return f"transformer.{name}"
+    return name
 
 
-def load_state_dict(folder, c: Config, expected_shapes: dict, score_head: bool = False,
-                    head_optional: bool = False) -> dict:
-    """Read the safetensors of `folder` into a state dict under our names, checked against the model.
-
-    score_head: for a RewardModel; head_optional: the folder is a language model, so "score" is absent.
-    """
-    folder = Path(folder)
-    files = _weight_files(folder)
-    tensors, where = {}, {}
-    for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                # The original gpt2 checkpoints omit the "transformer." prefix that GPT2LMHeadModel adds
-                key = f"transformer.{name}" if c.gpt2 and not name.startswith(("transformer.", "lm_head.", "score.")) else name
-                tensors[key], where[key] = f.get_tensor(name), path.name
-    layout = hf_layout(c, score_head)
-    if head_optional and "score.weight" not in tensors:
-        layout = layout[:-1]
-    known = {hf for hf, _, _ in layout}
-    missing = sorted(known - tensors.keys())
-    unexpected = sorted(k for k in tensors.keys() - known if not _ignorable(k, c, score_head))
-    if missing or unexpected:
-        def some(names):
-            return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        problems = ([f"missing {len(missing)}: {some(missing)}"] if missing else []) + (
-            [f"unexpected {len(unexpected)}: {some(unexpected)}"] if unexpected else [])
-        raise CheckpointError(
-            f"{folder}: the tensors do not match what config.json ({c.model_type}, {c.n_layers} layers) "
-            f"describes; {'; '.join(problems)}. Check that config.json belongs to these weights."
-        )
-    state = {}
-    for hf, ours, transposed in layout:
-        t = tensors[hf].t() if transposed else tensors[hf]
-        want = sum(expected_shapes[n][0] for n in ours), *expected_shapes[ours[0]][1:]
-        if tuple(t.shape) != tuple(want):
-            stored = tuple(tensors[hf].shape)
-            raise CheckpointError(
-                f"{folder / where[hf]}: tensor {hf} has shape {stored}, but config.json implies "
-                f"{tuple(reversed(want)) if transposed else tuple(want)}. Check that config.json belongs to these weights."
-            )
-        state.update(zip(ours, t.split([expected_shapes[n][0] for n in ours], dim=0)))
-    if c.tie_embeddings and "lm_head.weight" in expected_shapes:
-        state["lm_head.weight"] = state["tok_emb.weight"]
-    return state
-
-
-# ----------------------------------------------------------------------------- saving
-
-def write_json(path, obj):
-    """Write JSON through a temporary file and a rename, so a crash leaves the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def save(model, out_dir):
-    """config.json + model.safetensors under Hugging Face names (each file written atomically)."""
-    from girl.model import RewardModel
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    c = model.config
-    score_head = isinstance(model, RewardModel)
-    ours = model.state_dict()
+def to_hf(state: dict, c: Config, score_head: bool = False) -> dict:
+    """Our state dict as Hugging Face tensors: fused where HF fuses, transposed where HF transposes."""
     tensors = {}
     for hf, names, transposed in hf_layout(c, score_head):
-        t = torch.cat([ours[n] for n in names], dim=0)
+        t = torch.cat([state[n] for n in names], dim=0)
         tensors[hf] = (t.t() if transposed else t).detach().cpu().contiguous()
-    dtype = next(model.parameters()).dtype
-    tmp = out / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
-    write_json(out / "config.json", config_to_hf(c, dtype, score_head))
-
-
-@contextmanager
-def atomic_dir(out_dir):
-    """Build a checkpoint folder in a temporary sibling and move it into place only when complete.
-
-        with atomic_dir("ckpt/sft") as tmp:
-            model.save_pretrained(tmp); tokenizer.save_pretrained(tmp)
-
-    An interrupted save leaves the previous checkpoint untouched (and a .tmp-* folder to delete).
-    """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    return tensors

@@ -1,7 +1,7 @@
 """Words of the synthetic job market, in Chinese and English: how CVs and JDs are written, and how a JD
 is read back into attributes (the oracle's parser).
 
-Everything here is invented for the synthetic market (girl/market.py); no real data is used.
+Everything here is invented for the synthetic market (girl/market/); no real data is used.
 """
 
 import random

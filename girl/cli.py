@@ -1,0 +1,122 @@
+"""What the stage scripts share: their common flags, the run's set-up (torchrun, device, autocast), the
+data a stage reads, and how a script stops on bad input.
+
+    run = setup(args.seed)              # run.rank, run.world, run.device, run.autocast()
+    train, held_out, market_dir = load_rows(args, "sft", run)
+"""
+
+import argparse
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from girl import market
+from girl.data import DataError, read_jsonl
+from girl.template import TEMPLATE
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph as the description, the rest (usage) as the epilog."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_market_flags(p):
+    p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
+    p.add_argument("--lang", default="zh", choices=list(TEMPLATE), help="prompt and market language (default: zh)")
+
+
+def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, eval_every: int, out: str):
+    """# Optimization, # Evaluation and # Output flags of a supervised stage (train_sft.py, train_rm.py)."""
+    p.add_argument("--batch-size", type=int, default=16, help=f"{unit} per micro-batch (default: 16)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {lr_builtin:g} for builtin, "
+                                            f"{lr_pretrained:g} for pretrained)")
+    p.add_argument("--warmup", type=int, default=30, help="linear warmup steps (default: 30)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+    p.add_argument("--epochs", type=float, default=1.0, help=f"passes over the training {unit} (default: 1)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, the init and the market (default: 0)")
+    p.add_argument("--eval-every", type=int, default=eval_every,
+                   help=f"evaluate (and save) every N steps (default: {eval_every})")
+    p.add_argument("--out", default=out, help=f"best checkpoint (default: {out})")
+    p.add_argument("--out-last", help="latest checkpoint + optimizer state for --resume (default: OUT-last)")
+    p.add_argument("--resume", action="store_true", help="continue from --out-last")
+    p.add_argument("--log-every", type=int, default=10, help="progress line every N steps (default: 10)")
+
+
+def training_args(p, lr_builtin: float, lr_pretrained: float):
+    """Parse the flags; fill in --out-last and the learning rate of the model chosen."""
+    args = p.parse_args()
+    args.out_last = args.out_last or args.out.rstrip("/") + "-last"
+    args.lr = args.lr or (lr_builtin if args.model == "builtin" else lr_pretrained)
+    return args
+
+
+@dataclass
+class Run:
+    rank: int
+    world: int
+    device: torch.device
+    autocast: Callable  # autocast() is a context: bf16 on CUDA, nothing on CPU (bf16 matmul is slow there)
+
+
+def setup(seed: int | None = None, distributed: bool = True) -> Run:
+    """The device, and under torchrun (WORLD_SIZE > 1) the process group and this process's rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if world > 1:
+        if not distributed:
+            fail(f"{Path(sys.argv[0]).name} runs in one process; start it with python, not torchrun")
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (lambda: torch.autocast("cpu", enabled=False))
+    return Run(rank, world, device, autocast)
+
+
+def log(*args, rank: int = 0):
+    if rank == 0:
+        print(*args, flush=True)
+
+
+def fail(message: str):
+    """End a script with a message for the user (no traceback) and a non-zero exit status."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# ----------------------------------------------------------------------------- data and models
+
+def load_rows(args, schema: str, run: Run):
+    """(training rows, held-out rows, market folder or None) for a stage whose data is `schema`.
+
+    --data given: that file, and --eval-data or else 5% of --data held out. Otherwise the synthetic
+    market's <schema>_train.jsonl and <schema>_eval.jsonl, built on first use (by rank 0).
+    """
+    try:
+        if args.data is None:
+            folder = market.ensure(args.market_dir, args.lang, args.seed) if run.rank == 0 else Path(args.market_dir)
+            if run.world > 1:
+                torch.distributed.barrier()
+            return (read_jsonl(folder / f"{schema}_train.jsonl", schema),
+                    read_jsonl(folder / f"{schema}_eval.jsonl", schema), folder)
+        rows = read_jsonl(args.data, schema)
+        if args.eval_data:
+            return rows, read_jsonl(args.eval_data, schema), None
+    except DataError as e:
+        fail(str(e))
+    random.Random(args.seed).shuffle(rows)
+    cut = max(1, len(rows) // 20)
+    return rows[cut:], rows[:cut], None

@@ -1,0 +1,58 @@
+"""Files written so that a crash leaves the old version or the new one, never half of either.
+
+Every layer writes through these (checkpoints, the market's splits, generate.py's output); this module
+imports nothing else of the package.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class CheckpointError(ValueError):
+    """A folder or file that cannot be loaded; the message names it and says what to do."""
+
+
+def write_json(path, obj):
+    """JSON through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path, rows: list[dict]):
+    """One JSON object per line, through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(out_dir):
+    """Build a folder in a temporary sibling and move it into place only when complete.
+
+        with atomic_dir("ckpt/sft") as tmp:
+            (tmp / "config.json").write_text(...)
+
+    An interrupted save leaves the previous folder untouched (and a .tmp-* folder to delete).
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

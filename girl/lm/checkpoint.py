@@ -1,0 +1,184 @@
+"""Checkpoints on disk: ordinary Hugging Face folders in and out, and the resumable optimizer state.
+
+    G = load_model("ckpt/sft")                      # a local folder or a hub id ("Qwen/Qwen2.5-0.5B")
+    U = load_model("ckpt/rm", RewardModel)          # a *ForSequenceClassification folder with one label
+    save_model("ckpt/sft", G, tok, args=args)       # config.json, model.safetensors, tokenizer.json, train_args.json
+
+A checkpoint is an ordinary Hugging Face folder (config.json, model.safetensors or sharded
+model.safetensors.index.json, tokenizer.json), so transformers, TRL or vLLM can open what we write.
+Weights are read from safetensors only: pickled .bin files can run code when loaded. Every folder is
+written whole or not at all (girl/files.py).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from girl.files import CheckpointError, atomic_dir, write_json
+from girl.lm import hub
+from girl.lm.hf import config_from_hf, config_to_hf, hf_layout, hf_name, ignorable, to_hf
+from girl.lm.model import Config, RewardModel, Transformer
+
+__all__ = ["CheckpointError", "load_model", "load_optimizer", "open_folder", "save_model", "train_args"]
+
+# ----------------------------------------------------------------------------- loading
+
+def open_folder(name_or_path) -> tuple[Path, Config, bool]:
+    """(folder, config, whether it holds a reward model) of a local folder or hub id."""
+    folder = hub.resolve(name_or_path)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder}: no config.json; pass a Hugging Face model folder (config.json + model.safetensors)"
+        )
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    try:
+        config = config_from_hf(hf, str(path))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: required field {e.args[0]!r} is missing") from None
+    is_reward_model = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
+    if is_reward_model and hf.get("num_labels", len(hf.get("id2label") or {0: 0})) != 1:
+        raise CheckpointError(f"{path}: a sequence classifier with several labels is not a reward model (num_labels must be 1)")
+    return folder, config, is_reward_model
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: shard files missing from the folder: {', '.join(missing)}")
+        return [folder / s for s in shards]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+    hint = (f" It has {', '.join(pickles)}: pickles are never loaded; convert them to safetensors first."
+            if pickles else "")
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
+
+
+def load_state_dict(folder, c: Config, expected_shapes: dict, score_head: bool = False) -> dict:
+    """Read the safetensors of `folder` into a state dict under our names, checked against the model.
+
+    score_head: for a RewardModel, whose head is stored as "score".
+    """
+    folder = Path(folder)
+    files = _weight_files(folder)
+    tensors, where = {}, {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                key = hf_name(name, c)
+                tensors[key], where[key] = f.get_tensor(name), path.name
+    layout = hf_layout(c, score_head)
+    known = {hf for hf, _, _ in layout}
+    missing = sorted(known - tensors.keys())
+    unexpected = sorted(k for k in tensors.keys() - known if not ignorable(k, c, score_head))
+    if missing or unexpected:
+        def some(names):
+            return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        problems = ([f"missing {len(missing)}: {some(missing)}"] if missing else []) + (
+            [f"unexpected {len(unexpected)}: {some(unexpected)}"] if unexpected else [])
+        raise CheckpointError(
+            f"{folder}: the tensors do not match what config.json ({c.model_type}, {c.n_layers} layers) "
+            f"describes; {'; '.join(problems)}. Check that config.json belongs to these weights."
+        )
+    state = {}
+    for hf, ours, transposed in layout:
+        t = tensors[hf].t() if transposed else tensors[hf]
+        want = sum(expected_shapes[n][0] for n in ours), *expected_shapes[ours[0]][1:]
+        if tuple(t.shape) != tuple(want):
+            stored = tuple(tensors[hf].shape)
+            raise CheckpointError(
+                f"{folder / where[hf]}: tensor {hf} has shape {stored}, but config.json implies "
+                f"{tuple(reversed(want)) if transposed else tuple(want)}. Check that config.json belongs to these weights."
+            )
+        state.update(zip(ours, t.split([expected_shapes[n][0] for n in ours], dim=0)))
+    if c.tie_embeddings and "lm_head.weight" in expected_shapes:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    return state
+
+
+def load_model(name_or_path, cls=Transformer, dtype=None, device=None):
+    """A Transformer (G) or a RewardModel (U) from a local Hugging Face folder or a hub id.
+
+    Default dtype: float32 on CPU, bfloat16 on CUDA. A RewardModel needs a reward model's folder; to start
+    U from a language model, use RewardModel.from_generator(load_model(folder)).
+    """
+    folder, config, holds_reward_model = open_folder(name_or_path)
+    score_head = cls is RewardModel
+    if holds_reward_model != score_head:
+        raise CheckpointError(
+            f"{folder} holds a reward model (...ForSequenceClassification); open it with load_model(path, RewardModel)"
+            if holds_reward_model else
+            f"{folder} holds a language model, not a reward model (no ...ForSequenceClassification in config.json): "
+            "pass U's folder, as train_rm.py writes it")
+    device = torch.device(device or "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with torch.device("meta"):  # no time spent on a random init that is overwritten at once
+        model = cls(config)
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+    state = load_state_dict(folder, config, expected, score_head=score_head)
+    state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    (model.backbone if score_head else model).tie_weights()  # assign=True replaced a shared Parameter by two
+    return model.eval()
+
+
+def load_optimizer(folder, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore what save_model(..., optimizer, state) wrote into a freshly built optimizer; return `state`."""
+    folder = Path(folder)
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        name, slot = key.split("::")
+        p = params[name]
+        optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
+    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- saving
+
+def save_model(folder, model, tokenizer=None, args=None, metrics: dict | None = None,
+               optimizer: torch.optim.Optimizer | None = None, state: dict | None = None, files: dict | None = None):
+    """Write a whole checkpoint folder, atomically: config.json + model.safetensors under Hugging Face names,
+    the tokenizer, train_args.json (vars(args)), metrics.json, and with an optimizer the resumable state
+    (AdamW's moments as safetensors under parameter names, the loop's counters as trainer_state.json; no
+    pickles). `files`: more files to put in, name -> bytes.
+    """
+    with atomic_dir(folder) as tmp:
+        score_head = isinstance(model, RewardModel)
+        dtype = next(model.parameters()).dtype
+        save_file(to_hf(model.state_dict(), model.config, score_head), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        write_json(tmp / "config.json", config_to_hf(model.config, dtype, score_head))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if args is not None:
+            write_json(tmp / "train_args.json", vars(args))
+        if metrics is not None:
+            write_json(tmp / "metrics.json", metrics)
+        if optimizer is not None:
+            names = {id(p): n for n, p in model.named_parameters()}
+            moments = {f"{names[id(p)]}::{key}": value.detach().cpu().contiguous().reshape(value.shape)
+                       for group in optimizer.param_groups for p in group["params"]
+                       for key, value in optimizer.state.get(p, {}).items()}
+            save_file(moments, str(tmp / "optimizer.safetensors"))
+            write_json(tmp / "trainer_state.json", state)
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
+
+
+def train_args(folder) -> dict:
+    """The train_args.json a training script saved beside its model ({} if there is none)."""
+    f = Path(folder) / "train_args.json"
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}

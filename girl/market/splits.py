@@ -1,0 +1,104 @@
+"""The market's files: the application log simulated and cut into the splits every stage reads, as JSONL.
+
+An application log plays the paper's setting: seekers apply by their own taste (they over-reach on salary
+and seniority), recruiters accept with a probability rising in f. Accepted pairs train G (SFT); a CV with
+both outcomes gives (C, J+, J−) triples for U; seekers never used there give PPO's CVs; held-out seekers
+evaluate.
+"""
+
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+from girl.files import write_jsonl
+from girl.market.oracle import reference_jobs
+from girl.market.text import LANGS, render_cv, render_jd
+from girl.market.world import Job, Seeker, accepted, applications, sample_job, sample_seeker
+
+SPLITS = dict(sft=4000, rm=1500, ppo=600, eval=400)  # seekers per split
+
+
+def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers: dict = SPLITS) -> dict:
+    """Simulate the market and write its splits as JSONL under out_dir; return the counts."""
+    if lang not in LANGS:
+        raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
+    rng = random.Random(seed)
+    jobs = [sample_job(rng) for _ in range(n_jobs)]
+    jd_text = [render_jd(j, lang, rng) for j in jobs]
+    files: dict[str, list] = {name: [] for name in (
+        "sft_train", "sft_eval", "rm_train", "rm_eval", "ppo", "eval", "interactions_train", "interactions_test")}
+    for split, count in seekers.items():
+        for _ in range(count):
+            s = sample_seeker(rng)
+            cv = render_cv(s, lang, rng)
+            outcomes = [(i, accepted(s, jobs[i], rng)) for i in applications(s, jobs, rng)]
+            pos = [i for i, ok in outcomes if ok]
+            neg = [i for i, ok in outcomes if not ok]
+            pairs = [{"cv": cv, "jd": jd_text[i]} for i in pos]
+            triples = [{"cv": cv, "jd_pos": jd_text[p], "jd_neg": jd_text[n], "seeker": asdict(s)}
+                       for p, n in zip(pos, neg)]
+            seen = [{"cv": cv, "jd": jd_text[i], "label": int(ok)} for i, ok in outcomes]
+            if split == "sft":
+                files["sft_train"] += pairs
+                files["interactions_train"] += seen
+            elif split == "rm":
+                files["rm_train"] += triples
+                files["interactions_train"] += seen
+            elif split == "ppo":
+                files["ppo"].append({"cv": cv, "seeker": asdict(s)})
+            else:  # held out from every stage: evaluation only
+                files["eval"].append({"cv": cv, "seeker": asdict(s)})
+                files["sft_eval"] += pairs
+                files["rm_eval"] += triples
+                files["interactions_test"] += seen
+    files["jobs"] = [{"jd": t, "job": asdict(j)} for j, t in zip(jobs, jd_text)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in files.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+    counts = {name: len(rows) for name, rows in files.items()}
+    meta = dict(note="synthetic job market made by girl.market; no real people or companies",
+                lang=lang, seed=seed, n_jobs=n_jobs, seekers=seekers, counts=counts)
+    (out / "market.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return counts
+
+
+def ensure(out_dir, lang: str = "zh", seed: int | None = 0) -> Path:
+    """The market's folder, built on first use (or rebuilt if it was made for another lang or seed;
+    seed None takes a market of any seed, and builds seed 0 if there is none)."""
+    out = Path(out_dir)
+    meta = out / "market.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text(encoding="utf-8"))
+        if m.get("lang") == lang and seed in (None, m.get("seed")):
+            return out
+    seed = 0 if seed is None else seed
+    print(f"building the synthetic job market ({lang}, seed {seed}) in {out}/ ...")
+    build(out, lang, seed)
+    return out
+
+
+def load_jobs(folder) -> tuple[list[str], list[Job]]:
+    """Every job of the market: its JD text and its attributes."""
+    rows = [json.loads(line) for line in (Path(folder) / "jobs.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r["jd"] for r in rows], [Job.from_json(r["job"]) for r in rows]
+
+
+def heldout(folder, n: int | None = None) -> list[dict]:
+    """The first n held-out seekers ({"cv", "seeker"}): never seen by SFT, U or PPO."""
+    lines = (Path(folder) / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines[:n]]
+
+
+def seekers(rows: list[dict]) -> list[Seeker]:
+    """The seekers behind rows that carry one (the market's eval, ppo and rm files)."""
+    return [Seeker.from_json(r["seeker"]) for r in rows]
+
+
+def reference_jds(folder, seekers: list[Seeker], seed: int = 0) -> dict[str, list[str]]:
+    """The JD texts of reference_jobs, a row each in the evaluation table: a random real JD (the floor)
+    and the seeker's best job in the market (the ceiling)."""
+    jds, jobs = load_jobs(folder)
+    random_jd, best = reference_jobs(seekers, jobs, seed)
+    return {"a random market JD": [jds[i] for i in random_jd], "the seeker's best market job": [jds[i] for i in best]}

@@ -1,0 +1,55 @@
+"""What the reward model U reads and what it gives (GIRL §3.2): the one place where U's input is built.
+
+U(C, J) reads template(C, J) + EOS, the same tokens as the SFT example of (C, J), and gives one scalar
+at that EOS (girl/lm/model.py's RewardModel).
+
+    u = u_scores(U, tok_u, cvs, jds, lang)                 # U(C, J) of texts, in U's own tokenizer
+    triples, cut = encode_triples(tok, rows, lang, max_len)
+    r_pos, r_neg = pair_scores(U, triples, pad_id)         # U(C, J+), U(C, J−) in one forward pass
+"""
+
+import contextlib
+
+import torch
+
+from girl.data import right_pad, sft_example
+
+
+def u_input(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[list[int], bool]:
+    """The tokens of template(C, J) + EOS, and whether the CV or the JD was cut to fit max_len."""
+    example, cv_cut, jd_cut = sft_example(tok, cv, jd, lang, max_len)
+    return example["input_ids"], cv_cut or jd_cut
+
+
+def encode_triples(tok, rows: list[dict], lang: str, max_len: int) -> tuple[list[tuple], int]:
+    """Each {"cv", "jd_pos", "jd_neg"} row as U's two inputs (C, J+) and (C, J−); and how many were cut."""
+    out, cut = [], 0
+    for r in rows:
+        (pos, a), (neg, b) = (u_input(tok, r["cv"], r[k], lang, max_len) for k in ("jd_pos", "jd_neg"))
+        out.append((pos, neg))
+        cut += a + b
+    return out, cut
+
+
+def pair_scores(U, triples: list[tuple], pad_id: int, autocast=contextlib.nullcontext):
+    """U(C, J+) and U(C, J−) [B] each, of a batch of encode_triples' pairs, in one forward pass."""
+    device = next(U.parameters()).device
+    ids, mask = right_pad([p for p, _ in triples] + [n for _, n in triples], pad_id)
+    with autocast():
+        r = U(ids.to(device), attention_mask=mask.to(device)).float()
+    return r[: len(triples)], r[len(triples) :]
+
+
+@torch.no_grad()
+def u_scores(U, tok_u, cvs: list[str], jds: list[str], lang: str, autocast=contextlib.nullcontext,
+             batch_size: int = 64) -> torch.Tensor:
+    """U(C, J) [N] of texts, as U was trained to read them: template(C, J) + EOS in U's own tokenizer
+    (U may use another tokenizer than G: it reads the text)."""
+    device = next(U.parameters()).device
+    seqs = [u_input(tok_u, c, j, lang, U.config.max_seq_len)[0] for c, j in zip(cvs, jds, strict=True)]
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        ids, mask = right_pad(seqs[i : i + batch_size], tok_u.pad_or_eos_id)
+        with autocast():
+            out.append(U(ids.to(device), attention_mask=mask.to(device)).float())
+    return torch.cat(out)

@@ -1,0 +1,85 @@
+"""The package's layers: imports only go down (scripts > method > LM engine > files; the market beside the
+method, never imported by it), and no module imports another that imports it back."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD = {"girl.template", "girl.data", "girl.losses", "girl.reward", "girl.ppo", "girl.evaluation", "girl.training"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / "girl").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imports_of(path: Path) -> set[str]:
+    """The girl modules a file imports, wherever in the file (an import inside a function counts too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from girl import market` names a module
+    known = modules()
+    return {m for m in found if m in known}
+
+
+def test_no_import_cycle():
+    graph = {m: imports_of(p) - {m} for m, p in modules().items()}
+    # a package's __init__ re-exporting its own modules is not a cycle through them
+    graph = {m: {d for d in deps if not (d.startswith(m + ".") and m in ("girl.market", "girl.lm", "girl"))}
+             for m, deps in graph.items()}
+    state: dict[str, str] = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in graph[m]:
+            assert state.get(d) != "open", f"import cycle: {' -> '.join(stack + [m, d])}"
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_imports_only_go_down():
+    for m, path in modules().items():
+        deps = imports_of(path)
+        if m == "girl.lm.model":
+            assert deps == set(), f"the model file is pure architecture, it imports {deps}"
+        if m.startswith("girl.lm") or m == "girl.files":
+            assert all(d.startswith("girl.lm") or d == "girl.files" for d in deps), f"{m} imports {deps}"
+        if m.startswith("girl.market"):
+            assert all(d.startswith("girl.market") or d == "girl.files" for d in deps), f"{m} imports {deps}"
+        if m in METHOD:
+            assert not any(d.startswith(("girl.market", "girl.cli")) for d in deps), f"{m} imports {deps}"
+
+
+def test_each_module_imports_alone():
+    """In a fresh interpreter, each module imports by itself; the model pulls in no other module of the
+    package, and no module of the method pulls in the market, even indirectly."""
+    code = (
+        "import importlib, json, sys\n"
+        "out = {}\n"
+        f"for m in {sorted(m for m in modules() if not m.endswith('__main__'))!r}:\n"
+        "    for k in [k for k in sys.modules if k == 'girl' or k.startswith('girl.')]:\n"
+        "        del sys.modules[k]\n"
+        "    importlib.import_module(m)\n"
+        "    out[m] = sorted(k for k in sys.modules if k.startswith('girl.'))\n"
+        "print(json.dumps(out))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded = json.loads(r.stdout)
+    assert set(loaded["girl.lm.model"]) == {"girl.lm", "girl.lm.model"}
+    for m in METHOD:
+        assert not any(k.startswith("girl.market") for k in loaded[m]), f"{m} pulls in the market: {loaded[m]}"
