@@ -65,7 +65,7 @@ p.add_argument("--max-new-tokens", type=int, default=96, help="J′ length limit
 add_training_flags(p, "triples", lr_builtin=1e-3, lr_pretrained=1e-5, eval_every=200, out="ckpt/rm")
 p.add_argument("--margin", type=float, default=0.0, help="m in −log σ(r+ − r− − m) (default: 0, the paper's loss)")
 p.add_argument("--center-coef", type=float, default=0.0, help="η of the η·(r+ + r−)² centering term (default: 0)")
-args = training_args(p, lr_builtin=1e-3, lr_pretrained=1e-5)
+args = training_args(p)
 builtin = args.model == "builtin"
 
 run = setup(args.seed)

@@ -48,7 +48,7 @@ p.add_argument("--eval-examples", type=int, default=512, help="held-out pairs in
 p.add_argument("--oracle-cvs", type=int, default=200,
                help="held-out market CVs whose greedy JDs the oracle scores at the end; 0 skips (default: 200)")
 p.add_argument("--max-new-tokens", type=int, default=96, help="JD length limit when generating (default: 96)")
-args = training_args(p, lr_builtin=3e-3, lr_pretrained=2e-5)
+args = training_args(p)
 builtin = args.model == "builtin"
 
 run = setup(args.seed)

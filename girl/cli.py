@@ -32,7 +32,10 @@ def add_market_flags(p):
 
 
 def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, eval_every: int, out: str):
-    """# Optimization, # Evaluation and # Output flags of a supervised stage (train_sft.py, train_rm.py)."""
+    """# Optimization, # Evaluation and # Output flags of a supervised stage (train_sft.py, train_rm.py).
+    The learning rate's defaults, one for the built-in model and one for pretrained weights, are kept on
+    the parser for training_args."""
+    p.lr_defaults = {"builtin": lr_builtin, "pretrained": lr_pretrained}
     p.add_argument("--batch-size", type=int, default=16, help=f"{unit} per micro-batch (default: 16)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {lr_builtin:g} for builtin, "
@@ -51,11 +54,11 @@ def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, ev
     p.add_argument("--log-every", type=int, default=10, help="progress line every N steps (default: 10)")
 
 
-def training_args(p, lr_builtin: float, lr_pretrained: float):
+def training_args(p):
     """Parse the flags; fill in --out-last and the learning rate of the model chosen."""
     args = p.parse_args()
     args.out_last = args.out_last or args.out.rstrip("/") + "-last"
-    args.lr = args.lr or (lr_builtin if args.model == "builtin" else lr_pretrained)
+    args.lr = args.lr or p.lr_defaults["builtin" if args.model == "builtin" else "pretrained"]
     return args
 
 

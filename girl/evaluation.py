@@ -6,7 +6,7 @@
     distinct_n(s.tokens, 2)                                # share of distinct bigrams over all J′
     rows, examples = table(...)                            # generate.py --eval
 
-`oracle` arguments take any object with eval(texts) -> {"oracle_mean", "oracle_sem", "parse_rate"} and
+`oracle` arguments take any object with eval(texts) -> {"oracle", "oracle_sem", "parse_rate"} and
 score(i, text) -> float, such as girl.market.Oracle: the method never imports the market itself.
 """
 
@@ -131,8 +131,7 @@ def policy_eval(G, tok, prompts: list[list[int]], cvs: list[str], U, tok_u, lang
     out = {"reward": scores.mean().item(), "reward_std": scores.std().item(), "kl": sum(s.kl) / len(s.kl),
            "response_length": sum(s.lengths) / len(s.lengths), "eos_rate": sum(s.ended) / len(s.ended)}
     if oracle is not None:
-        o = oracle.eval(s.texts)
-        out.update(oracle=o["oracle_mean"], oracle_sem=o["oracle_sem"], parse_rate=o["parse_rate"])
+        out.update(oracle.eval(s.texts))
     out["example"] = {"cv": cvs[0], "jd": s.texts[0]}
     return out
 
@@ -159,8 +158,7 @@ def table(systems: list[tuple], U, tok_u, tok, cvs: list[str], prompts: list[lis
         r = {"system": name, "u_score": u_mean, "u_score_sem": u_sem, "distinct_2": distinct_n(tokens, 2),
              "length": statistics.fmean(len(t) for t in tokens), "kl_to_sft": kl, "seconds": time.time() - t0}
         if oracle is not None:
-            o = oracle.eval(texts)
-            r.update(oracle=o["oracle_mean"], oracle_sem=o["oracle_sem"], parse_rate=o["parse_rate"])
+            r.update(oracle.eval(texts))
         print(f"{name}: " + "  ".join(f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)), flush=True)
         return r
 

@@ -31,12 +31,17 @@ def encode_triples(tok, rows: list[dict], lang: str, max_len: int) -> tuple[list
     return out, cut
 
 
+def scores_of(U, seqs: list[list[int]], pad_id: int, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """U's score [B] of each of a batch of encoded inputs, right-padded into one forward pass."""
+    device = next(U.parameters()).device
+    ids, mask = right_pad(seqs, pad_id)
+    with autocast():
+        return U(ids.to(device), attention_mask=mask.to(device)).float()
+
+
 def pair_scores(U, triples: list[tuple], pad_id: int, autocast=contextlib.nullcontext):
     """U(C, J+) and U(C, J−) [B] each, of a batch of encode_triples' pairs, in one forward pass."""
-    device = next(U.parameters()).device
-    ids, mask = right_pad([p for p, _ in triples] + [n for _, n in triples], pad_id)
-    with autocast():
-        r = U(ids.to(device), attention_mask=mask.to(device)).float()
+    r = scores_of(U, [p for p, _ in triples] + [n for _, n in triples], pad_id, autocast)
     return r[: len(triples)], r[len(triples) :]
 
 
@@ -45,11 +50,6 @@ def u_scores(U, tok_u, cvs: list[str], jds: list[str], lang: str, autocast=conte
              batch_size: int = 64) -> torch.Tensor:
     """U(C, J) [N] of texts, as U was trained to read them: template(C, J) + EOS in U's own tokenizer
     (U may use another tokenizer than G: it reads the text)."""
-    device = next(U.parameters()).device
     seqs = [u_input(tok_u, c, j, lang, U.config.max_seq_len)[0] for c, j in zip(cvs, jds, strict=True)]
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        ids, mask = right_pad(seqs[i : i + batch_size], tok_u.pad_or_eos_id)
-        with autocast():
-            out.append(U(ids.to(device), attention_mask=mask.to(device)).float())
-    return torch.cat(out)
+    return torch.cat([scores_of(U, seqs[i : i + batch_size], tok_u.pad_or_eos_id, autocast)
+                      for i in range(0, len(seqs), batch_size)])

@@ -27,13 +27,15 @@ def oracle_eval(seekers: list[Seeker], jd_texts: list[str], lang: str) -> dict:
 
 class Oracle:
     """The oracle of a fixed list of seekers, as evaluation code is handed it (so that it never imports the
-    market): eval(texts) for texts[i] written for seekers[i], score(i, text) for one of them."""
+    market): eval(texts) for texts[i] written for seekers[i] (the keys of an evaluation row: oracle,
+    oracle_sem, parse_rate), score(i, text) for one of them."""
 
     def __init__(self, seekers: list[Seeker], lang: str):
         self.seekers, self.lang = seekers, lang
 
     def eval(self, texts: list[str]) -> dict:
-        return oracle_eval(self.seekers, texts, self.lang)
+        o = oracle_eval(self.seekers, texts, self.lang)
+        return dict(oracle=o["oracle_mean"], oracle_sem=o["oracle_sem"], parse_rate=o["parse_rate"])
 
     def score(self, i: int, text: str) -> float:
         """f(seekers[i], text); 0 when the text cannot be read."""
