@@ -140,7 +140,7 @@ if args.eval:
     systems = [("SFT", G_sft, None)]
     if Path(args.ppo).exists() or not MAKES.get(Path(args.ppo).name):
         G_ppo, tok_ppo = open_model(args.ppo, Transformer, "the PPO model", device)
-        if tok_ppo.tk.get_vocab() != tok.tk.get_vocab():
+        if not tok_ppo.same_as(tok):
             fail(f"{args.ppo} has another tokenizer than {args.sft}: KL to SFT needs the same tokens")
         systems.append(("PPO", G_ppo, G_sft))
     else:

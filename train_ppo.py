@@ -120,7 +120,7 @@ except (CheckpointError, HubError) as e:
     fail(str(e))
 if tok.eos_id is None:
     fail(f"{args.sft}: the tokenizer has no EOS token; J′ could never end")
-if tok.tk.get_vocab() != tok_u.tk.get_vocab():
+if not tok.same_as(tok_u):
     fail(f"{args.rm} has another tokenizer than {args.sft}: the critic (U's backbone) must read G's tokens. "
          "Train U with train_rm.py --sft pointing at this G, or use a U of the same family")
 n_actor = actor.num_parameters()

@@ -103,6 +103,10 @@ class Tokenizer:
         Safe because every mask and label is built from lengths, never by comparing ids with this one."""
         return self.pad_id if self.pad_id is not None else self.eos_id
 
+    def same_as(self, other: "Tokenizer") -> bool:
+        """Whether both turn text into the same ids: then one model can read the other's tokens."""
+        return self.tk.get_vocab(with_added_tokens=True) == other.tk.get_vocab(with_added_tokens=True)
+
     @property
     def vocab_size(self) -> int:
         return self.tk.get_vocab_size(with_added_tokens=True)
