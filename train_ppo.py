@@ -18,7 +18,6 @@ Writes --out (default ckpt/ppo): the actor as a Hugging Face folder with metrics
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -33,9 +32,9 @@ from girl.lm.hub import HubError
 from girl.lm.model import RewardModel
 from girl.lm.sampling import decoded, rollout
 from girl.lm.tokenizer import Tokenizer
-from girl.reward import u_scores
+from girl.reward import token_scores
 from girl.template import prompt_ids
-from girl.training import adamw
+from girl.training import adamw, step_indices
 
 p = parser(__doc__)
 # Models
@@ -137,6 +136,9 @@ encoded = [prompt_ids(tok, r["cv"], args.lang, args.max_cv_tokens) for r in trai
 if cut := sum(c for _, c in encoded):
     log(f"{cut} CVs are longer than --max-cv-tokens {args.max_cv_tokens} and are cut to it")
 train_prompts, eval_prompts = [ids for ids, _ in encoded[: len(train_rows)]], [ids for ids, _ in encoded[len(train_rows) :]]
+if max(map(len, train_prompts)) + args.max_new_tokens + 1 > U.config.max_seq_len:  # U reads prompt + J′ + EOS
+    fail(f"a prompt of --max-cv-tokens {args.max_cv_tokens} plus --max-new-tokens {args.max_new_tokens} does not fit "
+         f"U's context of {U.config.max_seq_len} tokens; lower either")
 # the policy on the held-out CVs, sampled at the rollout temperature from a fixed seed, before, during and after
 eval_args = dict(cvs=[r["cv"] for r in eval_rows], U=U, tok_u=tok_u, lang=args.lang, seed=args.seed + 12345,
                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, ref=ref, autocast=autocast,
@@ -163,18 +165,15 @@ metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 # ----------------------------------------------------------------------------- PPO
 t_start, first_iteration = time.time(), state["iteration"]
 for it in range(state["iteration"], args.iterations):
-    # the CVs and the sampling seed are functions of the iteration alone: a resumed run goes on exactly
-    epoch, start = divmod(it * args.batch_size, len(train_rows))
-    order = list(range(len(train_rows)))
-    random.Random(args.seed + epoch).shuffle(order)
-    picked = [order[(start + k) % len(order)] for k in range(args.batch_size)]
-    rows = [train_rows[i] for i in picked]
+    # the CVs and the sampling seed are functions of the iteration alone, so a resumed run goes on exactly: each
+    # epoch is one shuffle of the CVs cut into batches (the few left over wait for another epoch's shuffle)
+    picked = step_indices(it, len(train_rows), args.batch_size, 1, args.seed)[0]
+    rows, prompts = [train_rows[i] for i in picked], [train_prompts[i] for i in picked]
     g = torch.Generator(device=device).manual_seed(args.seed * 100003 + it)
     t0 = time.time()
-    batch = rollout(actor, [train_prompts[i] for i in picked], args.max_new_tokens, tok.eos_id, tok.pad_or_eos_id,
-                    args.temperature, g)
-    _, texts, _ = decoded(tok, batch.response, batch.mask)
-    raw = u_scores(U, tok_u, [r["cv"] for r in rows], texts, args.lang, autocast)
+    batch = rollout(actor, prompts, args.max_new_tokens, tok.eos_id, tok.pad_or_eos_id, args.temperature, g)
+    tokens, texts, _ = decoded(tok, batch.response, batch.mask)
+    raw = token_scores(U, prompts, tokens, tok.eos_id, tok.pad_or_eos_id, autocast)  # U reads G's tokens
     if state["score_mean"] is None:  # U's scale, measured once on G's first rollouts (see ppo.shaped_scores)
         state["score_mean"], state["score_std"] = raw.mean().item(), max(raw.std().item(), 1e-6)
     scores = ppo.shaped_scores(raw, batch.ended, state["score_mean"], state["score_std"], args.no_eos_score)
@@ -184,7 +183,7 @@ for it in range(state["iteration"], args.iterations):
     if on_market and rows[0].get("seeker"):
         o = market.oracle_eval(market.seekers(rows), texts, args.lang)
         stats.update(oracle=o["oracle_mean"], parse_rate=o["parse_rate"])
-    kl_ctl.update(stats["kl"], args.batch_size)
+    kl_ctl.update(stats["kl"], len(rows))
     state.update(iteration=it + 1, kl_coef=kl_ctl.beta)
     stats.update(iteration=it + 1, seconds=time.time() - t0, rollout_seconds=t_rollout)
     with metrics_path.open("a", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ U(C, J) reads template(C, J) + EOS, the same tokens as the SFT example of (C, J)
 at that EOS (girl/lm/model.py's RewardModel).
 
     u = u_scores(U, tok_u, cvs, jds, lang)                 # U(C, J) of texts, in U's own tokenizer
+    u = token_scores(U, prompts, responses, eos_id, pad_id)  # U(C, J′) of G's own tokens (same tokenizer)
     triples, cut = encode_triples(tok, rows, lang, max_len)
     r_pos, r_neg = pair_scores(U, triples, pad_id)         # U(C, J+), U(C, J−) in one forward pass
 """
@@ -53,3 +54,16 @@ def u_scores(U, tok_u, cvs: list[str], jds: list[str], lang: str, autocast=conte
     seqs = [u_input(tok_u, c, j, lang, U.config.max_seq_len)[0] for c, j in zip(cvs, jds, strict=True)]
     return torch.cat([scores_of(U, seqs[i : i + batch_size], tok_u.pad_or_eos_id, autocast)
                       for i in range(0, len(seqs), batch_size)])
+
+
+@torch.no_grad()
+def token_scores(U, prompts: list[list[int]], responses: list[list[int]], eos_id: int, pad_id: int,
+                 autocast=contextlib.nullcontext, batch_size: int = 64) -> torch.Tensor:
+    """U(C, J′) [N] read from G's own tokens, when U shares G's tokenizer (PPO's reward): the prompt G was
+    given, J′ as G wrote it (without its EOS), then EOS: template(C, J′) + EOS, as U was trained to read.
+
+    Decoding J′ and encoding the text again need not give back G's tokens (a text has several BPE
+    spellings, and special tokens are dropped by decoding): U then scores exactly what G wrote.
+    """
+    seqs = [p + r + [eos_id] for p, r in zip(prompts, responses, strict=True)]
+    return torch.cat([scores_of(U, seqs[i : i + batch_size], pad_id, autocast) for i in range(0, len(seqs), batch_size)])

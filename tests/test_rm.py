@@ -14,7 +14,10 @@ from girl.data import DataError, read_jsonl, right_pad
 from girl.files import CheckpointError
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Config, RewardModel, last_token_index
+from girl.lm.tokenizer import Tokenizer
 from girl.losses import rm_loss
+from girl.reward import token_scores, u_scores
+from girl.template import prompt_ids
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["llama", "qwen2", "gpt2"]
@@ -144,3 +147,24 @@ def test_several_labels_is_not_a_reward_model(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="num_labels must be 1"):
         load_model(tmp_path / "m", RewardModel)
+
+
+def test_u_reads_g_tokens_as_it_reads_the_text():
+    """token_scores (PPO's reward: U reads G's own tokens) is U on template(C, J′) + EOS: for a J′ whose text
+    encodes back to the same tokens it equals u_scores of the text; for G's other spelling of the same text
+    it scores the tokens G wrote, not the re-encoded ones."""
+    tok = Tokenizer.train(["Skills: Python and SQL, 3 years", "Backend engineer, Python, Shanghai"] * 20, 300)
+    torch.manual_seed(0)
+    U = RewardModel(Config(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64,
+                           max_seq_len=256)).eval()
+    cvs, jds = ["Skills: Python and SQL", "3 years in Shanghai"], ["Backend engineer, Python", "Python, SQL"]
+    prompts = [prompt_ids(tok, cv, "en")[0] for cv in cvs]
+    canonical = [tok.encode(jd) for jd in jds]
+    by_text = u_scores(U, tok, cvs, jds, "en")
+    by_tokens = token_scores(U, prompts, canonical, tok.eos_id, tok.pad_or_eos_id)
+    assert torch.equal(by_tokens, by_text)  # the same sequences in the same batch
+    spelled = [sum((tok.encode(ch) for ch in jd), []) for jd in jds]  # one token per character: same text
+    assert [tok.decode(t) for t in spelled] == jds and spelled != canonical
+    with torch.no_grad():
+        alone = torch.stack([U(torch.tensor([p + r + [tok.eos_id]]))[0] for p, r in zip(prompts, spelled)])
+    assert torch.allclose(token_scores(U, prompts, spelled, tok.eos_id, tok.pad_or_eos_id), alone, rtol=1e-5, atol=1e-6)
