@@ -6,6 +6,7 @@ the reward model U before recommending it (GIRL §3.4, "validate suitability in 
     python generate.py --num-return 8 --rank-with ckpt/rm   # best-of-8: every J′ scored by U, best first
     python generate.py --input cvs.jsonl --output out.jsonl # a batch: one {"cv"} (+ optional "id") per line
     python generate.py --eval                               # the evaluation table of every stage
+    python generate.py --recommend 10                       # J′, then the 10 real jobs M ranks first (train_rec.py)
 
 --eval samples J′ for the same held-out CVs with the same seed from the SFT model, the PPO model, and
 best-of-N on SFT ranked by U, and sets them beside two references from the market: a random real JD and
@@ -21,63 +22,16 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import fail, log, parser, setup
+from girl.cli import MAKES, fail, log, newest_generator, open_model, parser, prompts_for, setup
 from girl.data import DataError, read_jsonl
-from girl.files import CheckpointError, atomic_dir, write_json, write_jsonl
-from girl.lm.checkpoint import load_model, train_args
-from girl.lm.hub import HubError
+from girl.files import atomic_dir, write_json, write_jsonl
+from girl.lm.checkpoint import train_args
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.sampling import decoded, generate
 from girl.lm.tokenizer import Tokenizer
+from girl.recommend import encode_all, load_matcher, score_all
 from girl.reward import u_scores
-from girl.template import TEMPLATE, prompt_ids, template_overhead
-
-MAKES = {"sft": "python train_sft.py", "rm": "python train_rm.py", "ppo": "python train_ppo.py --init ckpt/"}
-
-
-def open_model(folder, cls, role: str, device=None):
-    """A trained model and its tokenizer from one folder (or hub id), or a message that says which script
-    makes it. ckpt/sft and the like are ours: never looked up on the hub."""
-    folder = str(folder)
-    made_by = MAKES.get(Path(folder).name)
-    if made_by and not Path(folder).exists():
-        fail(f"{folder}: no checkpoint of {role}; run {made_by} first")
-    try:
-        model = load_model(folder, cls, device=device)
-        tok = Tokenizer.from_pretrained(folder)
-        tok.check_fits(model.config, folder)
-    except (CheckpointError, HubError) as e:
-        fail(str(e))
-    if tok.eos_id is None:
-        fail(f"{folder}: the tokenizer has no EOS token, so a J′ could never end; use the tokenizer G was trained with")
-    return model, tok
-
-
-def newest_generator() -> str:
-    """ckpt/ppo or ckpt/sft, whichever was written last: the end of the pipeline as it was last run."""
-    found = [Path("ckpt") / n for n in ("ppo", "sft") if (Path("ckpt") / n / "config.json").is_file()]
-    if not found:
-        fail("no generator in ckpt/ppo or ckpt/sft; run python train_sft.py first (then python train_rm.py and "
-             "python train_ppo.py --init ckpt/), or pass --ckpt DIR")
-    return str(max(found, key=lambda d: (d / "config.json").stat().st_mtime))
-
-
-def prompts_for(tok, config, cvs: list[str], names: list[str], lang: str, max_new_tokens: int) -> list[list[int]]:
-    """The prompt of each CV; a CV too long for G's context is cut, with a notice (on stderr)."""
-    room = config.max_seq_len - max_new_tokens - template_overhead(tok, lang)
-    if room < 1:
-        fail(f"--max-new-tokens {max_new_tokens} leaves no room for a CV in G's context of "
-             f"{config.max_seq_len} tokens; ask for fewer")
-    out = []
-    for cv, name in zip(cvs, names):
-        ids, cut = prompt_ids(tok, cv, lang, room)
-        if cut:
-            print(f"notice: {name} has {len(tok.encode(cv))} tokens; only its first {room} fit G's context "
-                  f"({config.max_seq_len} tokens with --max-new-tokens {max_new_tokens}), the rest is not read",
-                  file=sys.stderr)
-        out.append(ids)
-    return out
-
+from girl.template import TEMPLATE
 
 p = parser(__doc__)
 # Models
@@ -101,6 +55,13 @@ p.add_argument("--greedy", action="store_true", help="always take the most likel
 p.add_argument("--max-new-tokens", type=int, default=128, help="J′ length limit in tokens (default: 128)")
 p.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed writes the same J′ (default: 0)")
 p.add_argument("--batch-size", type=int, default=64, help="sequences sampled at once (default: 64)")
+# Recommendation (stage 4)
+p.add_argument("--recommend", type=int, metavar="K", help="also rank real jobs with the matcher M, reading J′, and "
+                                                          "show the top K (default: off)")
+p.add_argument("--matcher", default="ckpt/rec/m", help="--recommend: M's folder, as train_rec.py writes it "
+                                                       "(default: ckpt/rec/m); its generator is G unless --ckpt")
+p.add_argument("--jobs", help='--recommend: JSONL of real jobs, one {"jd": ...} per line (an "id" is copied) '
+                              "(default: the market's jobs.jsonl)")
 # Output
 p.add_argument("--json", action="store_true", help="print one JSON object per CV instead of text")
 # Evaluation
@@ -123,6 +84,8 @@ if args.greedy and args.num_return > 1:
     fail("--greedy writes the same J′ every time; --num-return N needs sampling (drop --greedy)")
 if args.num_return < 1 or args.max_new_tokens < 1 or args.best_of < 1 or args.eval_cvs < 1:
     fail("--num-return, --max-new-tokens, --best-of and --eval-cvs must be >= 1")
+if args.recommend is not None and (args.recommend < 1 or args.eval):
+    fail("--recommend K needs K >= 1, and is not a part of --eval (train_rec.py measures M)")
 if args.eval and (args.greedy or args.top_k or args.top_p):
     fail("--eval samples every system from the plain softmax at --temperature (the policy PPO trained and KL "
          "is measured for); drop --greedy, --top-k and --top-p")
@@ -178,6 +141,14 @@ if args.eval:
 
 # ----------------------------------------------------------------------------- generate J′ for CVs
 
+M = None
+if args.recommend:
+    if not Path(args.matcher, "matcher.json").is_file():
+        fail(f"{args.matcher}: no matcher; run python train_rec.py first (or pass --matcher DIR)")
+    M, tok_m, m_args = load_matcher(args.matcher, device), Tokenizer.from_pretrained(args.matcher), train_args(args.matcher)
+    args.ckpt = args.ckpt or m_args.get("generator")  # M learned to read this G's J′
+    if not args.greedy and args.num_return == 1 and m_args.get("best_of", 1) == 1:
+        args.greedy = True  # and greedy J′, as train_rec.py makes them
 ckpt = args.ckpt or newest_generator()
 G, tok = open_model(ckpt, Transformer, "G", device)
 U, tok_u = open_model(args.rank_with, RewardModel, "U", device) if args.rank_with else (None, None)
@@ -240,6 +211,25 @@ for i in range(0, len(rows), per_batch):
         print(f"{done}/{len(rows)} CVs  {done / elapsed:.1f} CVs/s  eta {elapsed / done * (len(rows) - done):.0f}s",
               file=sys.stderr, flush=True)
 
+# ----------------------------------------------------------------------------- stage 4: real jobs ranked by M
+if M is not None:
+    try:
+        job_rows = (read_jsonl(args.jobs, "jobs") if args.jobs else
+                    [{"jd": t} for t in market.load_jobs(market.ensure(args.market_dir, args.lang, seed=None))[0]])
+    except DataError as e:
+        fail(str(e))
+    max_len = m_args.get("max_len", 128)
+    j = encode_all(M, tok_m, [r["jd"] for r in job_rows], max_len, autocast=autocast)  # every job once
+    c = encode_all(M, tok_m, [r["cv"] for r in results], max_len, autocast=autocast)
+    jp = encode_all(M, tok_m, [r["jds"][0]["jd"] for r in results], max_len, autocast=autocast)
+    top = torch.sigmoid(score_all(M, c, j, jp if M.use_jprime else None)).topk(min(args.recommend, len(job_rows)))
+    for i, r in enumerate(results):
+        r["jobs"] = [{**({"id": job_rows[k]["id"]} if "id" in job_rows[k] else {}), "jd": job_rows[k]["jd"], "score": v}
+                     for v, k in zip(top.values[i].tolist(), top.indices[i].tolist())]
+        if oracle:
+            for job in r["jobs"]:
+                job["oracle"] = oracle.score(i, job["jd"])
+
 # ----------------------------------------------------------------------------- output
 if args.output:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -261,3 +251,8 @@ else:
             marks += [] if jd["ended"] else [f"cut at --max-new-tokens {args.max_new_tokens}"]
             print(f"\nJ′ {k + 1}/{N}" + (f"   ({', '.join(marks)})" if marks else "") + ":")
             print("\n".join("    " + line for line in jd["jd"].splitlines()))
+        for k, job in enumerate(r.get("jobs", [])):
+            marks = [f"M {job['score']:.3f}"] + ([f"oracle {job['oracle']:.3f}"] if "oracle" in job else [])
+            print(f"\njob {k + 1}/{len(r['jobs'])} for this seeker" + (f" (id {job['id']})" if "id" in job else "")
+                  + f"   ({', '.join(marks)}):")
+            print("\n".join("    " + line for line in job["jd"].splitlines()))

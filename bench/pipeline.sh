@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole default pipeline, SFT → RM → PPO → evaluation table, each stage timed: the README's first
+# The whole default pipeline, SFT → RM → PPO → evaluation table → the matcher M, each stage timed: the README's first
 # command, and where its wall times come from.
 #
 #   bash bench/pipeline.sh                 # logs and times.tsv in ckpt/pipeline/
@@ -21,5 +21,6 @@ stage sft $py train_sft.py
 stage rm $py train_rm.py
 stage ppo $py train_ppo.py --init ckpt/
 stage eval $py generate.py --eval
+stage rec $py train_rec.py
 printf 'total\t%d\n' "$SECONDS" >> "$log/times.tsv"
 echo; echo "wall seconds per stage ($log/times.tsv):"; cat "$log/times.tsv"

@@ -17,7 +17,11 @@ import torch
 
 from girl import market
 from girl.data import DataError, read_jsonl
-from girl.template import TEMPLATE
+from girl.files import CheckpointError
+from girl.lm.checkpoint import load_model
+from girl.lm.hub import HubError
+from girl.lm.tokenizer import Tokenizer
+from girl.template import TEMPLATE, prompt_ids, template_overhead
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -123,3 +127,50 @@ def load_rows(args, schema: str, run: Run):
     random.Random(args.seed).shuffle(rows)
     cut = max(1, len(rows) // 20)
     return rows[cut:], rows[:cut], None
+
+
+MAKES = {"sft": "python train_sft.py", "rm": "python train_rm.py", "ppo": "python train_ppo.py --init ckpt/"}
+
+
+def open_model(folder, cls, role: str, device=None):
+    """A trained model and its tokenizer from one folder (or hub id), or a message that says which script
+    makes it. ckpt/sft and the like are ours: never looked up on the hub."""
+    folder = str(folder)
+    made_by = MAKES.get(Path(folder).name)
+    if made_by and not Path(folder).exists():
+        fail(f"{folder}: no checkpoint of {role}; run {made_by} first")
+    try:
+        model = load_model(folder, cls, device=device)
+        tok = Tokenizer.from_pretrained(folder)
+        tok.check_fits(model.config, folder)
+    except (CheckpointError, HubError) as e:
+        fail(str(e))
+    if tok.eos_id is None:
+        fail(f"{folder}: the tokenizer has no EOS token, so a J′ could never end; use the tokenizer G was trained with")
+    return model, tok
+
+
+def newest_generator() -> str:
+    """ckpt/ppo or ckpt/sft, whichever was written last: the end of the pipeline as it was last run."""
+    found = [Path("ckpt") / n for n in ("ppo", "sft") if (Path("ckpt") / n / "config.json").is_file()]
+    if not found:
+        fail("no generator in ckpt/ppo or ckpt/sft; run python train_sft.py first (then python train_rm.py and "
+             "python train_ppo.py --init ckpt/), or pass --ckpt DIR")
+    return str(max(found, key=lambda d: (d / "config.json").stat().st_mtime))
+
+
+def prompts_for(tok, config, cvs: list[str], names: list[str], lang: str, max_new_tokens: int) -> list[list[int]]:
+    """The prompt of each CV; a CV too long for G's context is cut, with a notice (on stderr)."""
+    room = config.max_seq_len - max_new_tokens - template_overhead(tok, lang)
+    if room < 1:
+        fail(f"--max-new-tokens {max_new_tokens} leaves no room for a CV in G's context of "
+             f"{config.max_seq_len} tokens; ask for fewer")
+    out = []
+    for cv, name in zip(cvs, names):
+        ids, cut = prompt_ids(tok, cv, lang, room)
+        if cut:
+            print(f"notice: {name} has {len(tok.encode(cv))} tokens; only its first {room} fit G's context "
+                  f"({config.max_seq_len} tokens with --max-new-tokens {max_new_tokens}), the rest is not read",
+                  file=sys.stderr)
+        out.append(ids)
+    return out

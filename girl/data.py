@@ -5,7 +5,8 @@ Schemas (one JSON object per line; other keys are ignored):
     SFT            {"cv": str, "jd": str}                        a CV and a JD it was matched with
     RM             {"cv": str, "jd_pos": str, "jd_neg": str}     recruiter accepted jd_pos, rejected jd_neg
     PPO            {"cv": str}                                   CVs never used in SFT or RM
-    interactions   {"cv": str, "jd": str, "label": 0 or 1}       for the recommendation stage
+    interactions   {"cv": str, "jd": str, "label": 0 or 1}       a recruiter's decision (stage 4's data)
+    jobs           {"jd": str}                                   real jobs to recommend (generate.py --recommend)
 
 An interaction log (tables of CVs and JDs, plus {cv_id, jd_id, label} rows) becomes these splits with
 
@@ -23,7 +24,7 @@ from girl.files import write_jsonl
 from girl.template import prompt_ids
 
 SCHEMAS = {"sft": ("cv", "jd"), "rm": ("cv", "jd_pos", "jd_neg"), "ppo": ("cv",),
-           "interactions": ("cv", "jd", "label"), "cvs": ("id", "cv"), "jds": ("id", "jd"),
+           "interactions": ("cv", "jd", "label"), "jobs": ("jd",), "cvs": ("id", "cv"), "jds": ("id", "jd"),
            "log": ("cv_id", "jd_id", "label")}
 IGNORE = -100  # label of positions the loss skips: the prompt and the padding
 

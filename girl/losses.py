@@ -5,6 +5,7 @@ PPO's are built from.
     L_rmt = −log σ(U(C, J+) − U(C, J−))                               rm_loss      (stage 2, §3.2)
     L_π   = −E[min(ρ_t A_t, clip(ρ_t, 1 ± ε) A_t)],  ρ_t = π/π_old     policy_loss  (stage 3, §3.3)
     L_V   = ½ E[max((V − R)², (clip(V, V_old ± ε_v) − R)²)]           value_loss   (stage 3, §3.3)
+    L_M   = −E[y log σ(M) + (1 − y) log(1 − σ(M))]                     match_loss   (stage 4, §3.4)
 
 PPO's tensors are [B, T] over the response tokens of a batch of rollouts; `mask` is True on real
 response tokens (up to and including EOS) and False on padding, which must change nothing.
@@ -35,6 +36,15 @@ def rm_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, margin: float = 0.0, cente
     with coefficient η keeps rewards near zero mean, since the pairwise term sees only differences.
     """
     return -F.logsigmoid(r_pos - r_neg - margin).mean() + center_coef * ((r_pos + r_neg) ** 2).mean()
+
+
+def match_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L_M = −E[y·log σ(M(C, J, J′)) + (1 − y)·log(1 − σ(M(C, J, J′)))]   (GIRL §3.4), batch mean.
+
+    Binary cross-entropy of the matcher's logits against the recruiter's decisions (y = 1 accepted),
+    computed from the logits (log σ(x) = −softplus(−x)), which stays finite however large they grow.
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 # ----------------------------------------------------------------------------- PPO's

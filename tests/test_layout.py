@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD = {"girl.template", "girl.data", "girl.losses", "girl.reward", "girl.ppo", "girl.evaluation", "girl.training"}
+METHOD = {"girl.template", "girl.data", "girl.losses", "girl.reward", "girl.ppo", "girl.evaluation", "girl.training",
+          "girl.recommend", "girl.ranking"}
 
 
 def modules() -> dict[str, Path]:

@@ -87,3 +87,51 @@ def test_build_writes_disjoint_splits(tmp_path):
     seekers = [sample_seeker(random.Random(0))]
     ref = references(seekers, [Job.from_json(r["job"]) for r in read("jobs")])
     assert 0 <= ref["oracle_random_jd"] <= ref["oracle_best_job"] <= 1
+
+
+def test_rec_train_holds_the_rm_seekers_interactions_and_no_sft_seeker(tmp_path):
+    import json
+    build(tmp_path, "en", seed=0, n_jobs=100, seekers=dict(sft=30, rm=20, ppo=5, eval=5))
+    read = lambda name: [json.loads(l) for l in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    rec = read("rec_train")
+    assert len(rec) == 20 * 8 and len({r["cv"] for r in rec}) == 20  # 8 applications per seeker
+    assert rec == read("interactions_train")[30 * 8 :]  # the RM split's seekers come after the SFT split's
+    assert not {r["cv"] for r in rec} & {r["cv"] for r in read("sft_train")}
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_gap_market_is_the_same_market_in_other_words(tmp_path, lang):
+    import json
+    from girl.market.text import FIELDS, TOOLS, _i
+    sizes = dict(n_jobs=100, seekers=dict(sft=30, rm=20, ppo=5, eval=10))
+    build(tmp_path / "plain", lang, seed=0, **sizes)
+    build(tmp_path / "gap", lang, seed=0, gap=True, **sizes)
+    read = lambda d, name: [json.loads(l) for l in (tmp_path / d / f"{name}.jsonl").read_text().splitlines()]
+    assert read("plain", "jobs") == read("gap", "jobs")
+    plain, gap = read("plain", "eval"), read("gap", "eval")
+    assert [r["seeker"] for r in plain] == [r["seeker"] for r in gap]  # the same seekers ...
+    for name in ("interactions_train", "interactions_test", "sft_train"):  # ... the same outcomes
+        a, b = read("plain", name), read("gap", name)
+        assert [(r["jd"], r.get("label")) for r in a] == [(r["jd"], r.get("label")) for r in b]
+    skill_names = {s[_i(lang)] for f in FIELDS.values() for s in f["skills"]}
+    for p, g in zip(plain, gap):
+        s = Seeker.from_json(g["seeker"])
+        skills_line = next(line for line in g["cv"].splitlines()
+                           if line.startswith(("项目经历", "工作经历", "Projects", "Work history")))
+        assert not any(name in skills_line for name in skill_names), skills_line  # no skill named ...
+        assert all(any(t in skills_line for t in TOOLS[tuple(k)]) for k in s.skills)  # ... but a tool for each
+        assert all(FIELDS[f]["skills"][k][_i(lang)] in p["cv"] for f, k in s.skills)  # the plain CV names them
+    assert json.loads((tmp_path / "gap" / "market.json").read_text())["gap"] is True
+    assert "gap" not in json.loads((tmp_path / "plain" / "market.json").read_text())
+
+
+def test_ensure_rebuilds_a_market_written_before_rec_train(tmp_path, capsys):
+    from girl.market import ensure
+    build(tmp_path, "en", seed=0, n_jobs=50, seekers=dict(sft=5, rm=5, ppo=2, eval=2))
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl")}
+    (tmp_path / "rec_train.jsonl").unlink()
+    ensure(tmp_path, "en", seed=None)
+    assert "building" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl")} == before  # the same market, whole again
+    ensure(tmp_path, "en", seed=None)
+    assert "building" not in capsys.readouterr().out  # complete: left alone

@@ -3,7 +3,8 @@
 An application log plays the paper's setting: seekers apply by their own taste (they over-reach on salary
 and seniority), recruiters accept with a probability rising in f. Accepted pairs train G (SFT); a CV with
 both outcomes gives (C, J+, J−) triples for U; seekers never used there give PPO's CVs; held-out seekers
-evaluate.
+evaluate. The matcher M of stage 4 learns from rec_train.jsonl, the interactions of the RM split's seekers:
+G never learned from them (it is fine-tuned on the SFT split's accepted JDs).
 """
 
 import json
@@ -19,19 +20,26 @@ from girl.market.world import Job, Seeker, accepted, applications, sample_job, s
 SPLITS = dict(sft=4000, rm=1500, ppo=600, eval=400)  # seekers per split
 
 
-def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers: dict = SPLITS) -> dict:
-    """Simulate the market and write its splits as JSONL under out_dir; return the counts."""
+def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers: dict = SPLITS, gap: bool = False) -> dict:
+    """Simulate the market and write its splits as JSONL under out_dir; return the counts.
+
+    gap: CVs name the tools a person used instead of skills (girl/market/text.py's TOOLS), so relating a
+    CV to a JD needs a learned mapping (the paper's premise). The same seekers, jobs and outcomes, only the CVs' words differ."""
     if lang not in LANGS:
         raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
     rng = random.Random(seed)
+    gap_rng = random.Random(f"{seed}-gap")  # the gap's CV wording draws from its own stream: the same market
     jobs = [sample_job(rng) for _ in range(n_jobs)]
     jd_text = [render_jd(j, lang, rng) for j in jobs]
     files: dict[str, list] = {name: [] for name in (
-        "sft_train", "sft_eval", "rm_train", "rm_eval", "ppo", "eval", "interactions_train", "interactions_test")}
+        "sft_train", "sft_eval", "rm_train", "rm_eval", "ppo", "eval", "interactions_train", "interactions_test",
+        "rec_train")}
     for split, count in seekers.items():
         for _ in range(count):
             s = sample_seeker(rng)
             cv = render_cv(s, lang, rng)
+            if gap:
+                cv = render_cv(s, lang, gap_rng, gap=True)
             outcomes = [(i, accepted(s, jobs[i], rng)) for i in applications(s, jobs, rng)]
             pos = [i for i, ok in outcomes if ok]
             neg = [i for i, ok in outcomes if not ok]
@@ -45,6 +53,7 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
             elif split == "rm":
                 files["rm_train"] += triples
                 files["interactions_train"] += seen
+                files["rec_train"] += seen
             elif split == "ppo":
                 files["ppo"].append({"cv": cv, "seeker": asdict(s)})
             else:  # held out from every stage: evaluation only
@@ -59,23 +68,27 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
         write_jsonl(out / f"{name}.jsonl", rows)
     counts = {name: len(rows) for name, rows in files.items()}
     meta = dict(note="synthetic job market made by girl.market; no real people or companies",
-                lang=lang, seed=seed, n_jobs=n_jobs, seekers=seekers, counts=counts)
+                lang=lang, seed=seed, n_jobs=n_jobs, seekers=seekers, counts=counts) | ({"gap": True} if gap else {})
     (out / "market.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts
 
 
 def ensure(out_dir, lang: str = "zh", seed: int | None = 0) -> Path:
     """The market's folder, built on first use (or rebuilt if it was made for another lang or seed;
-    seed None takes a market of any seed, and builds seed 0 if there is none)."""
+    seed None takes a market of any seed, and builds seed 0 if there is none). A gap market stays one;
+    a folder written before rec_train.jsonl existed is rebuilt whole (the same draws, the same files)."""
     out = Path(out_dir)
     meta = out / "market.json"
+    sizes: dict = {}
     if meta.is_file():
         m = json.loads(meta.read_text(encoding="utf-8"))
         if m.get("lang") == lang and seed in (None, m.get("seed")):
-            return out
+            if (out / "rec_train.jsonl").is_file():
+                return out
+            seed, sizes = m["seed"], dict(n_jobs=m["n_jobs"], seekers=m["seekers"], gap=m.get("gap", False))
     seed = 0 if seed is None else seed
-    print(f"building the synthetic job market ({lang}, seed {seed}) in {out}/ ...")
-    build(out, lang, seed)
+    print(f"building the synthetic job market ({lang}, seed {seed}{', gap' if sizes.get('gap') else ''}) in {out}/ ...")
+    build(out, lang, seed, **sizes)
     return out
 
 

@@ -93,6 +93,31 @@ COMPANY_B = [("科技", "Technologies"), ("集团", "Group"), ("教育", "Learni
 SENIORITY = {"zh": ["初级", "", "高级"], "en": ["Junior ", "", "Senior "]}
 
 
+# The gap market (python -m girl.market --gap): a CV never names a skill the way a JD does. It names the
+# in-house tools and projects the person worked with, each standing for one skill; relating them to the JD's
+# requirements is a mapping to be learned (from the SFT corpus, by G). Three made-up tool names per skill,
+# drawn once from a fixed seed of their own, so that the market's random draws are untouched.
+def _tool_names(per_skill: int = 3) -> dict:
+    rng = random.Random("girl-gap-tools")
+    onsets, vowels, codas = "bdfgklmnprstvz", "aeiou", ["", "n", "r", "x", "l"]
+    names, seen = {}, set()
+    for field in FIELDS:
+        for k in range(len(FIELDS[field]["skills"])):
+            names[field, k] = []
+            while len(names[field, k]) < per_skill:
+                name = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.randint(2, 3))) + rng.choice(codas)
+                if name not in seen:
+                    seen.add(name)
+                    names[field, k].append(name.capitalize())
+    return names
+
+
+TOOLS = _tool_names()
+DID = {"zh": ["使用{}开发项目", "负责{}的日常维护", "用{}完成了多个项目", "基于{}搭建内部系统", "参与{}相关工作"],
+       "en": ["built projects with {}", "ran {} day to day", "delivered several projects on {}",
+              "set up internal systems on {}", "worked on {}"]}
+
+
 def _i(lang):
     return LANGS.index(lang)
 
@@ -107,12 +132,15 @@ def skill_name(field, k, lang):
 
 # ----------------------------------------------------------------------------- rendering
 
-def render_cv(s, lang: str, rng: random.Random) -> str:
-    """A CV for seeker s, phrased, ordered and trimmed at random so that no two look alike."""
+def render_cv(s, lang: str, rng: random.Random, gap: bool = False) -> str:
+    """A CV for seeker s, phrased, ordered and trimmed at random so that no two look alike. With gap, the
+    skills line says what the person did with which tools (TOOLS) instead of naming the skills."""
     zh = lang == "zh"
     L = _i(lang)
     skills = [FIELDS[f]["skills"][k][L] for f, k in s.skills]
     sep = "、" if zh else ", "
+    if gap:
+        skills = [rng.choice(DID[lang]).format(rng.choice(TOOLS[f, k])) for f, k in s.skills]
     if zh:
         name = rng.choice(SURNAMES) + rng.choice(GIVEN) + (rng.choice(GIVEN) if rng.random() < 0.5 else "")
         parts = {
@@ -121,7 +149,8 @@ def render_cv(s, lang: str, rng: random.Random) -> str:
             "salary": f"{rng.choice(['期望薪资', '期望月薪'])}：{s.salary:g}K/月",
             "years": f"{rng.choice(['工作经验', '工作年限'])}：{s.years}年" if s.years else "工作经验：应届毕业生",
             "edu": f"{rng.choice(['学历', '最高学历'])}：{EDUCATION[s.edu][0]}",
-            "skills": f"{rng.choice(['技能', '专业技能', '掌握技能'])}：{sep.join(skills)}",
+            "skills": (f"{rng.choice(['项目经历', '工作经历'])}：{'；'.join(skills)}" if gap
+                       else f"{rng.choice(['技能', '专业技能', '掌握技能'])}：{sep.join(skills)}"),
         }
         if s.intent is not None:
             parts["intent"] = f"{rng.choice(['求职意向', '意向岗位', '应聘职位'])}：{field_title(s.field, s.intent, 'zh')}"
@@ -137,7 +166,8 @@ def render_cv(s, lang: str, rng: random.Random) -> str:
             "years": (f"{rng.choice(['Experience', 'Work experience'])}: {s.years} years" if s.years
                       else "Experience: new graduate"),
             "edu": f"{rng.choice(['Education', 'Highest degree'])}: {EDUCATION[s.edu][1]}",
-            "skills": f"{rng.choice(['Skills', 'Key skills', 'Expertise'])}: {sep.join(skills)}",
+            "skills": (f"{rng.choice(['Projects', 'Work history'])}: {'; '.join(skills)}" if gap
+                       else f"{rng.choice(['Skills', 'Key skills', 'Expertise'])}: {sep.join(skills)}"),
         }
         if s.intent is not None:
             parts["intent"] = f"{rng.choice(['Objective', 'Target role', 'Applying for'])}: {field_title(s.field, s.intent, 'en')}"

@@ -1,0 +1,191 @@
+"""How a recommender is measured: AUC, GAUC and LogLoss on labelled interactions, NDCG@k and recall@k of a
+ranking against graded relevance, and the paired bootstrap over seekers that puts an interval on the
+difference of two models. Pure functions of numpy arrays; ties are handled exactly, never by sort order.
+
+    auc(scores, labels)                       # P(a positive outranks a negative), ties count half
+    gauc(scores, labels, seekers)             # AUC per seeker with both labels, averaged over seekers
+    ndcg_at_k(scores, gains, 10)              # one seeker's ranking of all jobs against graded gains
+    paired_bootstrap(stat_a, stat_b, n_seekers)
+"""
+
+import math
+
+import numpy as np
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of x, tied values sharing the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranks
+
+
+def auc(scores, labels) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random negative,
+    a tie counting one half (the Mann–Whitney U statistic over n₊·n₋). nan without both labels."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    return float((_midranks(s)[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def gauc(scores, labels, groups) -> float:
+    """Group AUC: the AUC within each seeker who has both a positive and a negative, averaged over those
+    seekers with equal weight. It asks what a recommender is for: ordering one seeker's jobs."""
+    s, y, g = np.asarray(scores, dtype=np.float64), np.asarray(labels), np.asarray(groups)
+    values = [auc(s[g == k], y[g == k]) for k in np.unique(g)]
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def log_loss(probs, labels, eps: float = 1e-7) -> float:
+    """−mean[y·log p + (1 − y)·log(1 − p)], p clipped to [eps, 1 − eps]."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _top_k_weights(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's expected DCG discount 1/log2(1 + position) and its chance of being in the top k, over
+    every order of the tied scores equally likely (so a constant score is a random ranking, not the
+    input order)."""
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    position_discount = np.where(np.arange(len(s)) < k, 1 / np.log2(np.arange(len(s)) + 2), 0.0)
+    discount, in_top = np.empty(len(s)), np.empty(len(s))
+    for a, b in zip(starts, ends):  # items a..b-1 share a score: each takes the mean of their positions
+        discount[order[a:b]] = position_discount[a:b].mean()
+        in_top[order[a:b]] = max(0, min(b, k) - a) / (b - a)
+    return discount, in_top
+
+
+def ndcg_at_k(scores, gains, k: int) -> float:
+    """DCG@k = Σ_{position i ≤ k} gain_i / log2(1 + i), divided by the DCG@k of the ideal order (gains
+    sorted). Linear gains: the oracle's f in [0, 1]. nan when every gain is 0."""
+    s, g = np.asarray(scores, dtype=np.float64), np.asarray(gains, dtype=np.float64)
+    ideal = np.sort(g)[::-1][:k] @ (1 / np.log2(np.arange(min(k, len(g))) + 2))
+    return float(_top_k_weights(s, k)[0] @ g / ideal) if ideal > 0 else math.nan
+
+
+def recall_at_k(scores, relevant, k: int) -> float:
+    """Relevant items among the top k, over min(k, relevant items): 1 when the top k is as full of them as
+    it can be. nan when nothing is relevant."""
+    r = np.asarray(relevant, dtype=bool)
+    if not r.any():
+        return math.nan
+    return float(_top_k_weights(np.asarray(scores, dtype=np.float64), k)[1][r].sum() / min(k, r.sum()))
+
+
+def paired_bootstrap(stat_a, stat_b, n_groups: int, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """The difference stat_a − stat_b of two models on the same seekers, with a 95% percentile interval
+    from resampling the seekers with replacement (Efron & Tibshirani, 1993, ch. 13).
+
+    stat_x(sample) -> float reads an array of seeker indices (repeats allowed); both models see the same
+    samples, so what the seekers have in common cancels out of the difference.
+    """
+    rng = np.random.default_rng(seed)
+    everyone = np.arange(n_groups)
+    a, b = stat_a(everyone), stat_b(everyone)
+    diffs = []
+    for _ in range(n_resamples):
+        sample = rng.integers(0, n_groups, n_groups)
+        diffs.append(stat_a(sample) - stat_b(sample))
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    return dict(a=a, b=b, diff=a - b, lo=float(lo), hi=float(hi))
+
+
+# ----------------------------------------------------------------------------- reports of several models
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def seekers_sample(rows_of: list[np.ndarray], sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the sampled seekers (rows_of[k]: seeker k's rows) and their seeker ids in the sample: a
+    seeker drawn twice is two seekers, as the bootstrap means."""
+    idx = np.concatenate([rows_of[k] for k in sample])
+    return idx, np.repeat(np.arange(len(sample)), [len(rows_of[k]) for k in sample])
+
+
+INTERACTION_METRICS = {  # metric(logits, labels, groups) of labelled interactions
+    "auc": lambda s, y, g: auc(s, y),
+    "gauc": gauc,
+    "log_loss": lambda s, y, g: log_loss(_sigmoid(s), y),
+}
+
+
+def interaction_report(logits: dict, labels, groups, pairs: list[tuple], n_resamples: int = 1000, seed: int = 0) -> dict:
+    """AUC, GAUC and LogLoss of each model's logits (name -> [n] array) on the same interactions, and for
+    each (a, b) in pairs the difference a − b with its paired-bootstrap interval over seekers (groups)."""
+    y, g = np.asarray(labels), np.asarray(groups)
+    seekers, g_index = np.unique(g, return_inverse=True)
+    rows_of = [np.flatnonzero(g_index == k) for k in range(len(seekers))]
+
+    def on(name, metric):
+        def stat(sample):
+            idx, new_g = seekers_sample(rows_of, sample)
+            return metric(np.asarray(logits[name])[idx], y[idx], new_g)
+        return stat
+
+    out = {name: {m: f(np.asarray(s), y, g) for m, f in INTERACTION_METRICS.items()} for name, s in logits.items()}
+    out |= {"n_interactions": len(y), "n_seekers": len(seekers), "positive_rate": float(y.mean())}
+    for a, b in pairs:
+        out[f"{a} - {b}"] = {m: paired_bootstrap(on(a, f), on(b, f), len(seekers), n_resamples, seed)
+                             for m, f in INTERACTION_METRICS.items()}
+    return out
+
+
+def ranking_report(scores: dict, gains: np.ndarray, relevant: np.ndarray, k: int, pairs: list[tuple],
+                   n_resamples: int = 1000, seed: int = 0) -> dict:
+    """NDCG@k and recall@k of each system's scores [S seekers, N jobs] against gains and relevant [S, N],
+    averaged over seekers (those without a relevant job skipped for recall), with paired-bootstrap
+    intervals of the differences in pairs."""
+    per = {name: {f"ndcg@{k}": np.array([ndcg_at_k(s[i], gains[i], k) for i in range(len(gains))]),
+                  f"recall@{k}": np.array([recall_at_k(s[i], relevant[i], k) for i in range(len(gains))])}
+           for name, s in scores.items()}
+    out = {name: {m: float(np.nanmean(v)) for m, v in d.items()} for name, d in per.items()}
+    out["n_seekers"] = len(gains)
+    for a, b in pairs:
+        out[f"{a} - {b}"] = {m: paired_bootstrap(lambda x, m=m: np.nanmean(per[a][m][x]),
+                                                 lambda x, m=m: np.nanmean(per[b][m][x]), len(gains), n_resamples, seed)
+                             for m in per[a]}
+    return out
+
+
+def markdown(metrics: dict, k: int) -> str:
+    """train_rec.py's tables: each split's metrics per model and M − M0 with its 95% interval."""
+    def interval(d):
+        return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+    out = []
+    for split, title in (("cold", "cold-start seekers (never seen by any stage)"), ("warm", "warm seekers (held-out interactions of M's training seekers)")):
+        if split not in metrics:
+            continue
+        m = metrics[split]
+        out += [f"**{title}**: {m['n_interactions']} interactions of {m['n_seekers']} seekers", "",
+                "| model | AUC | GAUC | LogLoss |", "|---|---:|---:|---:|"]
+        out += [f"| {n} | {m[n]['auc']:.3f} | {m[n]['gauc']:.3f} | {m[n]['log_loss']:.4f} |" for n in ("M", "M0")]
+        d = m["M - M0"]
+        out += [f"| M − M0 (95% CI) | {interval(d['auc'])} | {interval(d['gauc'])} | {interval(d['log_loss'])} |", ""]
+    if "ranking" in metrics:
+        r = metrics["ranking"]
+        out += [f"**ranking every job for {r['n_seekers']} held-out seekers**, graded by the oracle's f "
+                f"(relevant for recall: f ≥ 0.6); J′ of these seekers: oracle {r['jprime_oracle']['oracle']:.3f}, "
+                f"parse rate {r['jprime_oracle']['parse_rate']:.3f}", "",
+                f"| ranking by | NDCG@{k} | recall@{k} |", "|---|---:|---:|"]
+        for name in r:
+            if isinstance(r[name], dict) and f"ndcg@{k}" in r[name]:
+                v = r[name]
+                if isinstance(v[f"ndcg@{k}"], dict):
+                    out.append(f"| {name} (95% CI) | {interval(v[f'ndcg@{k}'])} | {interval(v[f'recall@{k}'])} |")
+                else:
+                    out.append(f"| {name} | {v[f'ndcg@{k}']:.3f} | {v[f'recall@{k}']:.3f} |")
+        out.append("")
+    return "\n".join(out)
