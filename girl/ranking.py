@@ -13,12 +13,16 @@ import math
 import numpy as np
 
 
+def _runs(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal values starts and ends (exclusive) in a sorted array."""
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    return starts, np.r_[starts[1:], len(xs)]
+
+
 def _midranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n of x, tied values sharing the mean of their ranks."""
     order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], len(xs)]
+    starts, ends = _runs(x[order])
     ranks = np.empty(len(x))
     ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
     return ranks
@@ -36,11 +40,28 @@ def auc(scores, labels) -> float:
 
 def gauc(scores, labels, groups) -> float:
     """Group AUC: the AUC within each seeker who has both a positive and a negative, averaged over those
-    seekers with equal weight. It asks what a recommender is for: ordering one seeker's jobs."""
-    s, y, g = np.asarray(scores, dtype=np.float64), np.asarray(labels), np.asarray(groups)
-    values = [auc(s[g == k], y[g == k]) for k in np.unique(g)]
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
+    seekers with equal weight. It asks what a recommender is for: ordering one seeker's jobs.
+
+    All seekers at once (the bootstrap calls this thousands of times): rows sorted by (seeker, score),
+    each row's midrank within its seeker, then auc's Mann–Whitney formula per seeker by np.add.reduceat.
+    """
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    g = np.unique(np.asarray(groups), return_inverse=True)[1]
+    order = np.lexsort((s, g))
+    gs, ss, ys = g[order], s[order], y[order]
+    first, last = _runs(gs)  # each seeker's rows
+    position = np.arange(len(s)) - np.repeat(first, last - first)  # 0-based, within the seeker
+    tied = np.flatnonzero(np.r_[True, (gs[1:] != gs[:-1]) | (ss[1:] != ss[:-1])])  # runs of one seeker's equal scores
+    tied_end = np.r_[tied[1:], len(s)]
+    midrank = np.repeat((position[tied] + position[tied_end - 1]) / 2 + 1, tied_end - tied)
+    n_pos = np.add.reduceat(ys.astype(np.int64), first)
+    n_neg = (last - first) - n_pos
+    rank_sum = np.add.reduceat(midrank * ys, first)
+    both = (n_pos > 0) & (n_neg > 0)
+    if not both.any():
+        return math.nan
+    p, q = n_pos[both], n_neg[both]
+    return float(np.mean((rank_sum[both] - p * (p + 1) / 2) / (p * q)))
 
 
 def log_loss(probs, labels, eps: float = 1e-7) -> float:
@@ -54,13 +75,11 @@ def _top_k_weights(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each item's expected DCG discount 1/log2(1 + position) and its chance of being in the top k, over
     every order of the tied scores equally likely (so a constant score is a random ranking, not the
     input order)."""
+    n = len(scores)
     order = np.argsort(-scores, kind="stable")
-    s = scores[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    position_discount = np.where(np.arange(len(s)) < k, 1 / np.log2(np.arange(len(s)) + 2), 0.0)
-    discount, in_top = np.empty(len(s)), np.empty(len(s))
-    for a, b in zip(starts, ends):  # items a..b-1 share a score: each takes the mean of their positions
+    position_discount = np.where(np.arange(n) < k, 1 / np.log2(np.arange(n) + 2), 0.0)
+    discount, in_top = np.empty(n), np.empty(n)
+    for a, b in zip(*_runs(scores[order])):  # items a..b-1 share a score: each takes the mean of their positions
         discount[order[a:b]] = position_discount[a:b].mean()
         in_top[order[a:b]] = max(0, min(b, k) - a) / (b - a)
     return discount, in_top

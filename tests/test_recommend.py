@@ -39,6 +39,10 @@ def test_gauc_averages_seekers_with_both_labels():
     assert ranking.gauc(scores, labels, groups) == pytest.approx((1 + 0 + 0) / 3, abs=1e-12)
     # a seeker with one label only is left out, not counted as 0.5
     assert ranking.gauc(scores + [0.0], labels + [1], groups + ["d"]) == pytest.approx(1 / 3, abs=1e-12)
+    # ties within a seeker count half: e's positive 0.5 ties one negative and beats the other, 1.5 of 2
+    tied = ([0.5, 0.5, 0.2], [1, 0, 0], ["e", "e", "e"])
+    assert ranking.gauc(scores + tied[0], labels + tied[1], groups + tied[2]) == pytest.approx((1 + 0 + 0 + 0.75) / 4,
+                                                                                               abs=1e-12)
 
 
 def test_log_loss():

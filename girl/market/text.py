@@ -137,10 +137,9 @@ def render_cv(s, lang: str, rng: random.Random, gap: bool = False) -> str:
     skills line says what the person did with which tools (TOOLS) instead of naming the skills."""
     zh = lang == "zh"
     L = _i(lang)
-    skills = [FIELDS[f]["skills"][k][L] for f, k in s.skills]
+    skills = ([rng.choice(DID[lang]).format(rng.choice(TOOLS[f, k])) for f, k in s.skills] if gap
+              else [FIELDS[f]["skills"][k][L] for f, k in s.skills])
     sep = "、" if zh else ", "
-    if gap:
-        skills = [rng.choice(DID[lang]).format(rng.choice(TOOLS[f, k])) for f, k in s.skills]
     if zh:
         name = rng.choice(SURNAMES) + rng.choice(GIVEN) + (rng.choice(GIVEN) if rng.random() < 0.5 else "")
         parts = {
