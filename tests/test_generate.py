@@ -3,6 +3,7 @@ market: one CV, a JSONL batch, ranking with U, the evaluation table, and every b
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,15 @@ import pytest
 import torch
 
 from girl import market
+from girl.cli import prompts_for
 from girl.data import right_pad, sft_example
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Config, RewardModel, Transformer
+from girl.lm.sampling import decoded, generate, response_logprobs, rollout
 from girl.lm.tokenizer import Tokenizer
+from girl.market.world import compatibility
+from girl.reward import u_scores
+from girl.template import prompt_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 CV = "Name: Ann Lee\nSkills: Python, SQL\nExperience: 3 years\nCity: Shanghai"
@@ -39,10 +45,10 @@ def world(tmp_path_factory):
     G = Transformer(config)
     U = RewardModel(config)
     for name, model in (("sft", G), ("rm", U), ("ppo", G)):
-        if name == "ppo":  # "PPO" moved G's weights a little
+        if name == "ppo":  # "PPO" moved G's weights, enough that its greedy J′ differ from G's
             with torch.no_grad():
                 for w in G.parameters():
-                    w.add_(0.05 * torch.randn_like(w))
+                    w.add_(0.2 * torch.randn_like(w))
         out = d / "ckpt" / name
         save_model(out, model, tok)
         (out / "train_args.json").write_text(json.dumps({"lang": "en"}))
@@ -56,12 +62,16 @@ def test_one_cv_as_text_and_as_json(world):
     assert "CV (the CV):\n    Name: Ann Lee\n" in r.stdout and "J′ 2/2" in r.stdout
     a = [json.loads(line) for line in run("--cv", CV, "--num-return", "2", "--max-new-tokens", "12", "--json",
                                           cwd=world).stdout.splitlines()]
-    assert len(a) == 1 and a[0]["cv"] == CV and len(a[0]["jds"]) == 2
-    assert {"jd", "ended"} <= set(a[0]["jds"][0])
-    b = json.loads(run("--cv", CV, "--num-return", "2", "--max-new-tokens", "12", "--json", cwd=world).stdout)
-    assert b == a[0]  # the same seed writes the same J′
+    assert len(a) == 1 and a[0]["cv"] == CV
     c = json.loads(run("--cv", CV, "--num-return", "2", "--max-new-tokens", "12", "--json", "--seed", "1",
                        cwd=world).stdout)
+    # each J′ is what G (ckpt/ppo, the newer) draws at T = 0.7 from --seed for two copies of the prompt
+    G, tok = load_model(world / "ckpt" / "ppo"), Tokenizer.from_pretrained(world / "ckpt" / "ppo")
+    for seed, row in ((0, a[0]), (1, c)):
+        out = generate(G, [prompt_ids(tok, CV, "en")[0]] * 2, 12, eos_id=tok.eos_id, pad_id=tok.pad_or_eos_id,
+                       temperature=0.7, generator=torch.Generator().manual_seed(seed))
+        _, texts, ended = decoded(tok, out.tokens, out.mask)
+        assert row["jds"] == [{"jd": t, "ended": e} for t, e in zip(texts, ended)]
     assert c != a[0]
 
 
@@ -151,15 +161,37 @@ def test_eval_table(world, tmp_path):
     rows = {row["system"]: row for row in result["rows"]}
     assert list(rows) == ["SFT (G after stage 1)", "SFT, greedy", "PPO (G after stage 3)", "PPO, greedy",
                           "best-of-3 on SFT, ranked by U", "a random market JD", "the seeker's best market job"]
-    for row in rows.values():
-        assert {"u_score", "oracle", "parse_rate", "distinct_2", "length", "kl_to_sft"} <= set(row)
     assert rows["SFT (G after stage 1)"]["kl_to_sft"] == 0.0 and rows["SFT, greedy"]["kl_to_sft"] is None
-    assert rows["PPO (G after stage 3)"]["kl_to_sft"] != 0.0
-    # the references are the market's own JDs: every one parses, and the oracle equals f on the job itself
-    seekers = market.seekers(market.heldout(world / "data", 8))
-    ref = market.references(seekers, market.load_jobs(world / "data")[1], seed=0)
-    assert rows["the seeker's best market job"]["oracle"] == pytest.approx(ref["oracle_best_job"], rel=1e-12)
-    assert rows["a random market JD"]["oracle"] == pytest.approx(ref["oracle_random_jd"], rel=1e-12)
+    # rows recomputed here from the checkpoints: U's mean on each G's greedy J′, and the PPO row's KL to SFT,
+    # Σ_t log π_ppo − log π_sft over J′ drawn from PPO at T = 0.7 from --seed 0, averaged over the CVs
+    held = market.heldout(world / "data", 8)
+    cvs, seekers = [r["cv"] for r in held], market.seekers(held)
+    tok, U = Tokenizer.from_pretrained(world / "ckpt" / "sft"), load_model(world / "ckpt" / "rm", RewardModel)
+    sft, ppo = load_model(world / "ckpt" / "sft"), load_model(world / "ckpt" / "ppo")
+    prompts = prompts_for(tok, sft.config, cvs, [f"CV {i}" for i in range(8)], "en", 12)  # cut to fit, as generate.py does
+    greedy = {}
+    for name, G in (("SFT", sft), ("PPO", ppo)):
+        out = generate(G, prompts, 12, eos_id=tok.eos_id, pad_id=tok.pad_or_eos_id, greedy=True)
+        texts = greedy[name] = decoded(tok, out.tokens, out.mask)[1]
+        assert rows[f"{name}, greedy"]["u_score"] == pytest.approx(u_scores(U, tok, cvs, texts, "en").mean().item(),
+                                                                   rel=1e-6), name
+        assert rows[f"{name}, greedy"]["oracle"] == pytest.approx(
+            sum(market.oracle_score(s, t, "en") or 0.0 for s, t in zip(seekers, texts)) / 8, rel=1e-12), name
+    assert greedy["SFT"] != greedy["PPO"]  # so that the rows tell the two models apart
+    batch = rollout(ppo, prompts, 12, tok.eos_id, tok.pad_or_eos_id, 0.7, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logp = response_logprobs(ppo, batch.ids, batch.attention_mask, batch.prompt_len, 0.7)[0]
+        logp_sft = response_logprobs(sft, batch.ids, batch.attention_mask, batch.prompt_len, 0.7)[0]
+    kl = ((logp - logp_sft) * batch.mask).sum(-1).mean().item()
+    assert rows["PPO (G after stage 3)"]["kl_to_sft"] == pytest.approx(kl, rel=1e-5) and kl > 0
+    # the references are the market's own JDs, found here by brute force over every job: the ceiling is each
+    # seeker's best f over the market, the floor f of the job random.Random(--seed) draws for it
+    jobs = [job.attributes() for job in market.load_jobs(world / "data")[1]]
+    best = [max(compatibility(s, job) for job in jobs) for s in seekers]
+    rng = random.Random(0)
+    drawn = [compatibility(s, jobs[rng.randrange(len(jobs))]) for s in seekers]
+    assert rows["the seeker's best market job"]["oracle"] == pytest.approx(sum(best) / 8, rel=1e-12)
+    assert rows["a random market JD"]["oracle"] == pytest.approx(sum(drawn) / 8, rel=1e-12)
     assert rows["a random market JD"]["parse_rate"] == rows["the seeker's best market job"]["parse_rate"] == 1.0
     md = (tmp_path / "e" / "eval.md").read_text()
     assert "| | U's score | oracle | parse rate | distinct-2 | mean length | KL to SFT |" in md and md in r.stdout

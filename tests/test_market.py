@@ -77,16 +77,40 @@ def test_cvs_vary_but_carry_the_facts():
 def test_build_writes_disjoint_splits(tmp_path):
     counts = build(tmp_path, "en", seed=0, n_jobs=200, seekers=dict(sft=60, rm=30, ppo=10, eval=10))
     assert counts["ppo"] == 10 and counts["eval"] == 10 and counts["jobs"] == 200
-    assert counts["sft_train"] > 0 and counts["rm_train"] > 0
     import json
     read = lambda name: [json.loads(l) for l in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    for name in ("sft_train", "rm_train", "ppo", "eval", "jobs"):
+        assert counts[name] == len(read(name)), name
+    # SFT's pairs are the SFT seekers' accepted applications, in order (8 applications a seeker, SFT's first);
+    # each RM triple pairs an accepted and a rejected application of the same RM seeker
+    applications = read("interactions_train")
+    assert [(r["cv"], r["jd"]) for r in read("sft_train")] == [
+        (a["cv"], a["jd"]) for a in applications[: 60 * 8] if a["label"] == 1]
+    decided = {(a["cv"], a["jd"]): a["label"] for a in applications[60 * 8 :]}
+    assert counts["rm_train"] > 0 and all(decided[(r["cv"], r["jd_pos"])] == 1 and decided[(r["cv"], r["jd_neg"])] == 0
+                                          for r in read("rm_train"))
     sft_cvs = {r["cv"] for r in read("sft_train")}
     rm_cvs = {r["cv"] for r in read("rm_train")}
     held = {r["cv"] for r in read("eval")} | {r["cv"] for r in read("ppo")}
     assert not (sft_cvs & rm_cvs) and not (held & (sft_cvs | rm_cvs))
-    seekers = [sample_seeker(random.Random(0))]
-    ref = references(seekers, [Job.from_json(r["job"]) for r in read("jobs")])
-    assert 0 <= ref["oracle_random_jd"] <= ref["oracle_best_job"] <= 1
+
+
+def test_references_are_the_floor_and_ceiling_found_by_brute_force():
+    """The oracle's reference rows, computed here without reference_jobs: for each seeker f of every job of the
+    market read back from its JD text; the ceiling is the best of them, the floor the job random.Random(seed)
+    draws first for the seeker."""
+    rng = random.Random(5)
+    seekers = [sample_seeker(rng) for _ in range(30)]
+    jobs = [sample_job(rng) for _ in range(80)]
+    texts = [render_jd(j, "en", rng) for j in jobs]
+    f = [[oracle_score(s, t, "en") for t in texts] for s in seekers]
+    assert all(x is not None for row in f for x in row)  # every market JD parses
+    draw = random.Random(7)
+    floor = sum(row[draw.randrange(len(jobs))] for row in f) / len(seekers)
+    ref = references(seekers, jobs, seed=7)
+    assert ref["oracle_best_job"] == pytest.approx(sum(max(row) for row in f) / len(seekers), rel=1e-12)
+    assert ref["oracle_random_jd"] == pytest.approx(floor, rel=1e-12)
+    assert ref["oracle_random_jd"] < ref["oracle_best_job"]
 
 
 def test_rec_train_holds_the_rm_seekers_interactions_and_no_sft_seeker(tmp_path):

@@ -15,12 +15,21 @@ from girl.lm.checkpoint import load_model, save_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["llama", "qwen2", "gpt2"]
-# float32 logits of a 2-layer model: rounding differences are ~1e-7; a real bug is O(0.1)
-ATOL = 1e-4
 
 
 def reference(family):
     return load_file(str(FIXTURES / f"tiny-{family}" / "reference_logits.safetensors"))
+
+
+def tolerance(family) -> float:
+    """How far float32 logits may be from transformers' float32 logits: 1e-5 of the largest |logit|.
+
+    Both sides run the same float32 arithmetic; only the order of additions can differ (sdpa against eager
+    attention, fused against unfused ops), which moves a 2-layer model's output by a few units of float32's
+    1.2e-7 relative rounding per layer. llama and qwen2 agree to 0 here and gpt2 to 4e-8 (tanh-GELU and
+    LayerNorm kernels), under 1e-5 · ~0.5 = ~5e-6 with room for another torch build. Wrong arithmetic is
+    far above it: an RMSNorm eps outside the square root moves qwen2's logits by 2.6e-4."""
+    return 1e-5 * reference(family)["logits"].abs().max().item()
 
 
 def copy_fixture(family, tmp_path) -> Path:
@@ -37,7 +46,7 @@ def test_logits_match_transformers(family):
     with torch.no_grad():
         logits = model(ref["input_ids"])
     assert logits.shape == ref["logits"].shape
-    assert (logits - ref["logits"]).abs().max().item() <= ATOL
+    assert (logits - ref["logits"]).abs().max().item() <= tolerance(family)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -50,7 +59,7 @@ def test_padded_logits_match_transformers(family, side):
         logits = model(ref["input_ids"], attention_mask=mask)
     assert torch.isfinite(logits).all()  # padding queries must not produce NaN
     real = mask.bool()
-    assert (logits[real] - ref[f"{side}_logits"][real]).abs().max().item() <= ATOL
+    assert (logits[real] - ref[f"{side}_logits"][real]).abs().max().item() <= tolerance(family)
 
 
 def test_left_padded_row_equals_the_row_alone():
@@ -115,7 +124,7 @@ def test_sharded_checkpoint(tmp_path):
     ref = reference("llama")
     with torch.no_grad():
         logits = load_model(folder)(ref["input_ids"])
-    assert (logits - ref["logits"]).abs().max().item() <= ATOL
+    assert (logits - ref["logits"]).abs().max().item() <= tolerance("llama")
 
     (folder / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
@@ -132,7 +141,7 @@ def test_openai_gpt2_layout(tmp_path):
     ref = reference("gpt2")
     with torch.no_grad():
         logits = load_model(folder)(ref["input_ids"])
-    assert (logits - ref["logits"]).abs().max().item() <= ATOL
+    assert (logits - ref["logits"]).abs().max().item() <= tolerance("gpt2")
 
 
 # ----------------------------------------------------------------------------- bad input

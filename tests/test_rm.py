@@ -96,11 +96,25 @@ def test_reward_model_from_a_language_model():
     with torch.no_grad():
         assert torch.equal(u.backbone.hidden_states(ids), lm.hidden_states(ids))
     assert u.backbone.lm_head is None and u.head.weight.shape == (1, 32)
-    assert 0.5 / math.sqrt(33) < u.head.weight.std().item() < 2 / math.sqrt(33)  # N(0, 1/(d+1))
+    # the new head is N(0, 1/(d+1)): U's scores start with std ~1 (d = 32 here, too few to measure the std by)
+    assert u.head.weight.shape == (1, 32) and not torch.equal(u.head.weight, RewardModel.from_generator(lm).head.weight)
     low = RewardModel.from_generator(lm, n_layers=1)  # the built-in U: G's lowest layers
     assert low.config.n_layers == 1 and torch.equal(low.backbone.layers[0].mlp.up.weight, lm.layers[0].mlp.up.weight)
     with pytest.raises(CheckpointError, match="holds a language model, not a reward model"):
         load_model(FIXTURES / "tiny-llama", RewardModel)
+
+
+def test_head_init_gives_scores_of_std_one():
+    """The head's weights are N(0, 1/(d+1)), so a score w·h of a normed hidden state (|h|² ≈ d) has std ~1 for
+    any width. Measured on d = 2048: the sample std of 2048 weights is within 5 of its standard errors,
+    1/sqrt(2·2048) relative, of 1/sqrt(d+1); 1/d or a std of 0.02 (the body's init) are far outside."""
+    torch.manual_seed(0)
+    d = 2048
+    u = RewardModel(Config(model_type="llama", vocab_size=8, dim=d, n_layers=1, n_heads=8, n_kv_heads=8, hidden_dim=8,
+                           max_seq_len=8))
+    w = u.head.weight.detach().double().flatten()
+    assert abs(w.std().item() * math.sqrt(d + 1) - 1) < 5 / math.sqrt(2 * d)
+    assert abs(w.mean().item()) < 5 / math.sqrt(d) / math.sqrt(d + 1)
 
 
 def test_tiny_reward_model_learns_a_separable_preference():

@@ -1,5 +1,6 @@
 """The KV-cache engine returns what recomputing the whole sequence would, for each prompt of a padded batch."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from stories260k import BOS, load_llama2c
 
 from girl.lm.checkpoint import load_model
+from girl.lm.model import Config, Transformer
 from girl.lm.sampling import decoded, generate, left_pad, sample_next
 from girl.lm.tokenizer import Tokenizer
 
@@ -112,6 +114,61 @@ def test_sample_next_filters():
     token, logprob = sample_next(logits, temperature=2.0, top_k=1, generator=g)
     assert token.item() == 1
     assert logprob.item() == pytest.approx(F.log_softmax(logits / 2.0, -1)[0, 1].item(), abs=1e-6)
+
+
+def tempered_filtered(logits: list[float], temperature: float, top_k=None, top_p=None) -> list[float]:
+    """The distribution sample_next should draw from, in plain Python: softmax(logits / T), cut to the k
+    most likely, then to the smallest most-likely set whose mass reaches top_p, renormalised each time."""
+    p = [math.exp(l / temperature) for l in logits]
+    p = [x / sum(p) for x in p]
+    order = sorted(range(len(p)), key=lambda i: -p[i])
+    keep = order[:top_k] if top_k else order
+    mass = sum(p[i] for i in keep)
+    if top_p is not None:
+        kept, total = [], 0.0
+        for i in keep:
+            if total >= top_p:
+                break
+            kept.append(i)
+            total += p[i] / mass
+        keep = kept
+    mass = sum(p[i] for i in keep)
+    return [p[i] / mass if i in keep else 0.0 for i in range(len(p))]
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.6, None, None), (1.7, None, None), (0.6, 4, 0.9),
+                                                       (1.7, 5, 0.8)])
+def test_sample_next_draws_from_the_tempered_filtered_distribution(temperature, top_k, top_p):
+    """40,000 seeded draws against the analytic probabilities: each token's count within 5 binomial standard
+    deviations, sqrt(N·q·(1−q)), of N·q; a token the filters remove never drawn. Sampling from
+    softmax(logits / T²), or from the untempered logits, moves some count by more than 20 of them."""
+    logits = [2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -3.0]
+    n = 40_000
+    tokens, _ = sample_next(torch.tensor([logits] * n), temperature, top_k, top_p,
+                            generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=len(logits)).tolist()
+    for token, (count, q) in enumerate(zip(counts, tempered_filtered(logits, temperature, top_k, top_p))):
+        if q == 0:
+            assert count == 0, token
+        else:
+            assert abs(count - n * q) <= 5 * math.sqrt(n * q * (1 - q)), (token, count, n * q)
+
+
+def test_generate_draws_from_the_models_tempered_distribution():
+    """The first token of 20,000 copies of one prompt, drawn by generate() at T = 0.7 from a tiny model whose
+    next-token distribution is far from uniform, against softmax(logits / T) of one forward pass."""
+    torch.manual_seed(0)
+    model = Transformer(Config(vocab_size=16, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                               max_seq_len=16))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)
+        q = (model(torch.tensor([[4, 5, 6]]))[0, -1].double() / 0.7).softmax(-1).tolist()
+    n = 20_000
+    out = generate(model, [[4, 5, 6]] * n, max_new_tokens=1, temperature=0.7, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(out.tokens[:, 0], minlength=16).tolist()
+    assert max(q) > 0.3  # peaked enough that T² in place of T would show
+    for token, (count, p) in enumerate(zip(counts, q)):
+        assert abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p)), (token, count, n * p)
 
 
 def test_left_pad():

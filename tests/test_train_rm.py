@@ -10,7 +10,9 @@ import torch
 
 from girl.lm.checkpoint import load_model
 from girl.lm.model import RewardModel
+from girl.lm.tokenizer import Tokenizer
 from girl.market import build
+from girl.reward import u_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +46,30 @@ def test_train_rm_writes_a_reward_model_smaller_than_g(market_and_g, tmp_path):
     u = load_model(tmp_path / "rm", RewardModel)
     with torch.no_grad():
         assert u(torch.tensor([[1, 2, 3]])).shape == (1,)
+
+
+def test_u_learns_a_preference_with_a_known_answer(market_and_g, tmp_path):
+    """The market's triples with the answer written in: every accepted JD starts "Status: approved.", every
+    rejected one "Status: declined.". Ten steps must take held-out accuracy from chance to 1 and L_rmt from
+    ln 2 to near 0 (seen: 0.38 → 1.0, 0.698 → 0.0003), and the U saved must be the one that scores so."""
+    d = market_and_g
+    for split in ("train", "eval"):
+        rows = [json.loads(line) for line in (d / "data" / f"rm_{split}.jsonl").read_text().splitlines()]
+        (tmp_path / f"{split}.jsonl").write_text("".join(
+            json.dumps({"cv": r["cv"], "jd_pos": "Status: approved. " + r["jd_pos"],
+                        "jd_neg": "Status: declined. " + r["jd_neg"]}) + "\n" for r in rows))
+    run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", tmp_path / "train.jsonl", "--eval-data",
+        tmp_path / "eval.jsonl", "--lang", "en", "--max-steps", "10", "--eval-every", "5", "--out", tmp_path / "rm")
+    metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
+    assert metrics["initial_eval_loss"] > 0.6 and metrics["initial_eval_accuracy"] < 0.7
+    assert metrics["eval_loss"] < 0.05 and metrics["eval_accuracy"] == 1.0
+    u, tok = load_model(tmp_path / "rm", RewardModel), Tokenizer.from_pretrained(tmp_path / "rm")
+    rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    cvs = [r["cv"] for r in rows]
+    pos = u_scores(u, tok, cvs, [r["jd_pos"] for r in rows], "en")
+    neg = u_scores(u, tok, cvs, [r["jd_neg"] for r in rows], "en")
+    assert (pos > neg).all()
+    assert -torch.nn.functional.logsigmoid(pos - neg).mean().item() == pytest.approx(metrics["eval_loss"], rel=1e-3)
 
 
 def test_bad_triples_and_missing_g(market_and_g, tmp_path):

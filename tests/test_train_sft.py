@@ -37,16 +37,23 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(pairs, tmp_path):
     subprocess.run(command(pairs, tmp_path / "a"), check=True, env=env, capture_output=True, timeout=300)
 
     proc = subprocess.Popen(command(pairs, tmp_path / "b"), stdout=subprocess.PIPE, text=True, env=env)
-    evals = 0
+    evals = []
     for line in proc.stdout:
-        evals += line.startswith("eval loss")
-        if evals == 2:  # step 6 saved: pull the plug
+        if line.startswith("eval loss"):
+            evals.append(line)
+        if len(evals) == 2:  # step 6 saved: pull the plug
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     state = json.loads((tmp_path / "b-last" / "trainer_state.json").read_text())
     assert 6 <= state["step"] < 12, "the run was not interrupted before its end"
-    load_model(tmp_path / "b")  # what the killed run left is a whole checkpoint
+    # what the killed run left are whole checkpoints: the best (step 6's, its eval loss still falling) and the
+    # resumable state of the same step, the same weights
+    assert "saved best" in evals[1] and state["step"] == 6, (evals, state["step"])
+    best = load_file(str(tmp_path / "b" / "model.safetensors"))
+    last = load_file(str(tmp_path / "b-last" / "model.safetensors"))
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    load_model(tmp_path / "b")
 
     done = subprocess.run(command(pairs, tmp_path / "b", "--resume"), check=True, env=env, capture_output=True,
                           text=True, timeout=300)
