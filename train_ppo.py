@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market, ppo
-from girl.cli import add_market_flags, fail, log, parser, setup
+from girl.cli import COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_market_flags, fail, log, parser, setup
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, atomic_dir
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
@@ -46,35 +46,35 @@ p.add_argument("--rm", help="U's checkpoint; must share G's tokenizer, since the
 p.add_argument("--data", help='JSONL of {"cv"} prompts (default: the market\'s ppo.jsonl)')
 p.add_argument("--eval-data", help='held-out JSONL of {"cv"} (+ "seeker" for the oracle) (default: the market\'s eval.jsonl)')
 add_market_flags(p)
-p.add_argument("--max-cv-tokens", type=int, default=160, help="longer CVs are cut to this many tokens (default: 160)")
+p.add_argument("--max-cv-tokens", type=COUNT, default=160, help="longer CVs are cut to this many tokens (default: 160)")
 # Rollout
-p.add_argument("--batch-size", type=int, default=64, help="CVs (one J′ each) per iteration (default: 64)")
-p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of rollouts and of π (default: 0.7)")
-p.add_argument("--max-new-tokens", type=int, default=96, help="J′ length limit (default: 96)")
-p.add_argument("--no-eos-score", type=float, default=-3.0,
+p.add_argument("--batch-size", type=COUNT, default=64, help="CVs (one J′ each) per iteration (default: 64)")
+p.add_argument("--temperature", type=POSITIVE, default=0.7, help="sampling temperature of rollouts and of π (default: 0.7)")
+p.add_argument("--max-new-tokens", type=COUNT, default=96, help="J′ length limit (default: 96)")
+p.add_argument("--no-eos-score", type=FINITE, default=-3.0,
                help="score of a J′ that does not end with EOS, in units of the normalised score (default: -3)")
 # PPO
-p.add_argument("--iterations", type=int, default=75, help="rollout + update rounds (default: 75)")
-p.add_argument("--ppo-epochs", type=int, default=4, help="passes over each batch of rollouts (default: 4)")
-p.add_argument("--minibatch-size", type=int, default=16, help="rollouts per gradient step (default: 16)")
-p.add_argument("--clip", type=float, default=0.2, help="ε of the clipped policy ratio (default: 0.2)")
-p.add_argument("--value-clip", type=float, default=0.2, help="ε_v of the clipped value loss (default: 0.2)")
-p.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (default: 0.1)")
-p.add_argument("--gamma", type=float, default=1.0, help="discount γ (default: 1)")
-p.add_argument("--lam", type=float, default=0.95, help="GAE λ (default: 0.95)")
-p.add_argument("--kl-coef", type=float, default=0.05, help="β of the per-token KL penalty, or its start (default: 0.05)")
-p.add_argument("--kl-target", type=float, help="adapt β toward this KL per sequence (default: β fixed)")
-p.add_argument("--kl-horizon", type=int, default=10000, help="the adaptive controller's horizon (default: 10000)")
+p.add_argument("--iterations", type=COUNT, default=75, help="rollout + update rounds (default: 75)")
+p.add_argument("--ppo-epochs", type=COUNT, default=4, help="passes over each batch of rollouts (default: 4)")
+p.add_argument("--minibatch-size", type=COUNT, default=16, help="rollouts per gradient step (default: 16)")
+p.add_argument("--clip", type=POSITIVE, default=0.2, help="ε of the clipped policy ratio (default: 0.2)")
+p.add_argument("--value-clip", type=POSITIVE, default=0.2, help="ε_v of the clipped value loss (default: 0.2)")
+p.add_argument("--vf-coef", type=NONNEGATIVE, default=0.1, help="weight of the value loss (default: 0.1)")
+p.add_argument("--gamma", type=UNIT, default=1.0, help="discount γ (default: 1)")
+p.add_argument("--lam", type=UNIT, default=0.95, help="GAE λ (default: 0.95)")
+p.add_argument("--kl-coef", type=NONNEGATIVE, default=0.05, help="β of the per-token KL penalty, or its start (default: 0.05)")
+p.add_argument("--kl-target", type=POSITIVE, help="adapt β toward this KL per sequence (default: β fixed)")
+p.add_argument("--kl-horizon", type=COUNT, default=10000, help="the adaptive controller's horizon (default: 10000)")
 p.add_argument("--kl-estimator", default="k1", choices=["k1", "k3"], help="per-token KL estimator (default: k1)")
-p.add_argument("--lr", type=float, help="actor learning rate (default: 1e-4 builtin-sized, 1e-6 over 100M parameters)")
-p.add_argument("--critic-lr", type=float, help="critic learning rate (default: 3x the actor's)")
-p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decay of weight matrices (default: 0)")
-p.add_argument("--grad-clip", type=float, default=1.0, help="clip each model's gradient norm to this (default: 1)")
+p.add_argument("--lr", type=POSITIVE, help="actor learning rate (default: 1e-4 builtin-sized, 1e-6 over 100M parameters)")
+p.add_argument("--critic-lr", type=POSITIVE, help="critic learning rate (default: 3x the actor's)")
+p.add_argument("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW decay of weight matrices (default: 0)")
+p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip each model's gradient norm to this (default: 1)")
 p.add_argument("--seed", type=int, default=0, help="seed of prompts order, sampling and the market (default: 0)")
 # Evaluation
-p.add_argument("--eval-cvs", type=int, default=200, help="held-out CVs scored before and after (default: 200)")
-p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N iterations; 0: only before/after")
-p.add_argument("--save-every", type=int, default=10, help="save the resumable state every N iterations (default: 10)")
+p.add_argument("--eval-cvs", type=COUNT, default=200, help="held-out CVs scored before and after (default: 200)")
+p.add_argument("--eval-every", type=COUNT0, default=0, help="also evaluate every N iterations; 0: only before/after")
+p.add_argument("--save-every", type=COUNT, default=10, help="save the resumable state every N iterations (default: 10)")
 # Output
 p.add_argument("--out", default="ckpt/ppo", help="the trained actor, the new G (default: ckpt/ppo)")
 p.add_argument("--out-last", help="actor + critic + optimizer states for --resume (default: OUT-last)")

@@ -6,6 +6,7 @@ data a stage reads, and how a script stops on bad input.
 """
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -30,6 +31,33 @@ def parser(doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def number(kind: type = float, low: float = 0.0, inclusive: bool = False, high: float | None = None):
+    """An argparse type: a finite number of `kind` above `low` (or at it, with inclusive) and at most `high`.
+    A bad value stops at parse time with the flag's name (argparse adds it) and what it must be."""
+    bounds = ([f">= {low:g}" if inclusive else f"> {low:g}"] if low != -math.inf else []) + (
+        [f"<= {high:g}"] if high is not None else [])
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        above = value >= low if inclusive else value > low
+        if not (math.isfinite(value) and above and (high is None or value <= high)):
+            must = (["finite"] if kind is float else []) + bounds
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(must)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE, NONNEGATIVE, FINITE = number(), number(inclusive=True), number(low=-math.inf, inclusive=True)
+UNIT = number(inclusive=True, high=1.0)  # in [0, 1]: a discount, a probability
+COUNT, COUNT0 = number(int, 1, inclusive=True), number(int, 0, inclusive=True)  # >= 1, >= 0
+
+
 def add_market_flags(p):
     p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
     p.add_argument("--lang", default="zh", choices=list(TEMPLATE), help="prompt and market language (default: zh)")
@@ -40,22 +68,22 @@ def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, ev
     The learning rate's defaults, one for the built-in model and one for pretrained weights, are kept on
     the parser for training_args."""
     p.lr_defaults = {"builtin": lr_builtin, "pretrained": lr_pretrained}
-    p.add_argument("--batch-size", type=int, default=16, help=f"{unit} per micro-batch (default: 16)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {lr_builtin:g} for builtin, "
+    p.add_argument("--batch-size", type=COUNT, default=16, help=f"{unit} per micro-batch (default: 16)")
+    p.add_argument("--grad-accum", type=COUNT, default=1, help="micro-batches per optimizer step (default: 1)")
+    p.add_argument("--lr", type=POSITIVE, help=f"peak learning rate (default: {lr_builtin:g} for builtin, "
                                             f"{lr_pretrained:g} for pretrained)")
-    p.add_argument("--warmup", type=int, default=30, help="linear warmup steps (default: 30)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
-    p.add_argument("--epochs", type=float, default=1.0, help=f"passes over the training {unit} (default: 1)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    p.add_argument("--warmup", type=COUNT0, default=30, help="linear warmup steps (default: 30)")
+    p.add_argument("--weight-decay", type=NONNEGATIVE, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
+    p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+    p.add_argument("--epochs", type=POSITIVE, default=1.0, help=f"passes over the training {unit} (default: 1)")
+    p.add_argument("--max-steps", type=COUNT, help="optimizer steps; overrides --epochs")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, the init and the market (default: 0)")
-    p.add_argument("--eval-every", type=int, default=eval_every,
+    p.add_argument("--eval-every", type=COUNT, default=eval_every,
                    help=f"evaluate (and save) every N steps (default: {eval_every})")
     p.add_argument("--out", default=out, help=f"best checkpoint (default: {out})")
     p.add_argument("--out-last", help="latest checkpoint + optimizer state for --resume (default: OUT-last)")
     p.add_argument("--resume", action="store_true", help="continue from --out-last")
-    p.add_argument("--log-every", type=int, default=10, help="progress line every N steps (default: 10)")
+    p.add_argument("--log-every", type=COUNT, default=10, help="progress line every N steps (default: 10)")
 
 
 def training_args(p):

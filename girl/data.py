@@ -41,7 +41,7 @@ def read_jsonl(path, schema: str) -> list[dict]:
     rows = []
     for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # the BOM Excel and Windows tools write first
         except UnicodeDecodeError as e:
             raise DataError(f"{path}:{n}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
         if not line.strip():

@@ -220,6 +220,17 @@ def test_shape_mismatch_names_tensor_and_file(family, change, message, tmp_path)
         load_model(folder)
 
 
+@pytest.mark.parametrize("keep", [0.5, 4 / 1000])
+def test_weights_cut_short_name_the_file(tmp_path, keep):
+    """An interrupted download or copy leaves the first part of model.safetensors: a clear error that names the
+    file and says to fetch it again, not safetensors' own traceback."""
+    folder = copy_fixture("llama", tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: max(2, int(len(data) * keep))])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a readable safetensors file .*fetch or copy it again"):
+        load_model(folder)
+
+
 def test_pickles_are_refused(tmp_path):
     folder = copy_fixture("llama", tmp_path)
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")

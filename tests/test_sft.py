@@ -124,6 +124,18 @@ def test_malformed_sft_lines_name_file_and_line(tmp_path, content, message):
         read_jsonl(path, "sft")
 
 
+def test_bom_and_windows_line_endings_are_read(tmp_path):
+    """What Excel and Windows tools write: a UTF-8 byte-order mark before the first line, CRLF after each.
+    The rows are those of the plain file; a BOM inside the file is still an error."""
+    plain = '{"cv": "Ann", "jd": "Data analyst"}\n{"cv": "Bo", "jd": "Course advisor"}\n'
+    (tmp_path / "plain.jsonl").write_text(plain, encoding="utf-8")
+    (tmp_path / "excel.jsonl").write_bytes(b"\xef\xbb\xbf" + plain.replace("\n", "\r\n").encode())
+    assert read_jsonl(tmp_path / "excel.jsonl", "sft") == read_jsonl(tmp_path / "plain.jsonl", "sft")
+    (tmp_path / "inner.jsonl").write_bytes(plain.encode() + b"\xef\xbb\xbf" + plain.encode())
+    with pytest.raises(DataError, match=r"inner.jsonl:3: not valid JSON"):
+        read_jsonl(tmp_path / "inner.jsonl", "sft")
+
+
 def test_interaction_labels_are_checked(tmp_path):
     path = tmp_path / "log.jsonl"
     path.write_text('{"cv": "a", "jd": "b", "label": 1}\n{"cv": "a", "jd": "b", "label": "yes"}\n')

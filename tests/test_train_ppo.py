@@ -103,6 +103,11 @@ def test_errors_a_user_can_meet(init, tmp_path):
     Tokenizer.train(["a tokenizer trained on other text", "has other merges"], 300).save_pretrained(other)
     r = ppo(init, tmp_path / "o", "--rm", other, check=False)
     assert r.returncode == 2 and "another tokenizer" in r.stderr
+    for flag, value, message in (("--gamma", "1.5", "must be finite and >= 0 and <= 1, got 1.5"),
+                                 ("--critic-lr", "inf", "must be finite and > 0, got inf"),
+                                 ("--minibatch-size", "0", "must be >= 1, got 0")):
+        r = ppo(init, tmp_path / "o", flag, value, check=False)
+        assert r.returncode == 2 and f"argument {flag}: {message}" in r.stderr, flag
     bad = tmp_path / "cvs.jsonl"
     bad.write_text('{"cv": "a CV"}\n{"cv": 3}\n')
     r = ppo(init, tmp_path / "o", "--data", bad, check=False)

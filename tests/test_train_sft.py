@@ -85,3 +85,16 @@ def test_help_explains_every_flag():
                  "--warmup", "--weight-decay", "--grad-clip", "--epochs", "--max-steps", "--seed", "--eval-every",
                  "--out", "--resume"):
         assert flag in r.stdout
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "-1", "argument --lr: must be finite and > 0, got -1"),
+    ("--lr", "nan", "argument --lr: must be finite and > 0, got nan"),
+    ("--batch-size", "0", "argument --batch-size: must be >= 1, got 0"),
+    ("--warmup", "ten", "argument --warmup: expected an integer, got 'ten'"),
+])
+def test_bad_numbers_stop_at_parse_time(tmp_path, flag, value, message):
+    r = subprocess.run([sys.executable, str(ROOT / "train_sft.py"), flag, value, "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from girl.files import CheckpointError, atomic_dir, write_json
@@ -74,10 +74,14 @@ def load_state_dict(folder, c: Config, expected_shapes: dict, score_head: bool =
     files = _weight_files(folder)
     tensors, where = {}, {}
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                key = hf_name(name, c)
-                tensors[key], where[key] = f.get_tensor(name), path.name
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    key = hf_name(name, c)
+                    tensors[key], where[key] = f.get_tensor(name), path.name
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it was probably cut short by an "
+                                  "interrupted download or copy: fetch or copy it again") from None
     layout = hf_layout(c, score_head)
     known = {hf for hf, _, _ in layout}
     missing = sorted(known - tensors.keys())
