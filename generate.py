@@ -42,7 +42,9 @@ p.add_argument("--rank-with", metavar="U", help="score every J′ with this rewa
 p.add_argument("--cv", help="the CV as text")
 p.add_argument("--cv-file", help="a UTF-8 text file holding one CV")
 p.add_argument("--input", help='JSONL of CVs, one {"cv": ...} per line (an "id" is copied to the output)')
-p.add_argument("--output", help="write the results of --input as JSONL here (default: print them)")
+p.add_argument("--output", help="write the results of --input as JSONL here, batch by batch (default: print them)")
+p.add_argument("--resume", action="store_true", help="--input/--output: keep the CVs --output already holds (an "
+                                                     "interrupted batch run) and go on from the next one")
 p.add_argument("--example", type=int, default=0, help="with no CV given: which held-out market CV (default: 0)")
 p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
 p.add_argument("--lang", choices=list(TEMPLATE), help="prompt language (default: the one G was trained with, else zh)")
@@ -80,6 +82,8 @@ if args.output and not args.input:
     fail("--output writes the results of --input; give --input cvs.jsonl too (or use --json for one CV)")
 if args.input and args.output and Path(args.input).resolve() == Path(args.output).resolve():
     fail(f"--output {args.output} is --input: it would overwrite the CVs; write somewhere else")
+if args.resume and not (args.input and args.output):
+    fail("--resume goes on with an interrupted --input/--output run; give both")
 if args.greedy and args.num_return > 1:
     fail("--greedy writes the same J′ every time; --num-return N needs sampling (drop --greedy)")
 if args.num_return < 1 or args.max_new_tokens < 1 or args.best_of < 1 or args.eval_cvs < 1:
@@ -184,10 +188,22 @@ prompts = prompts_for(tok, G.config, [r["cv"] for r in rows], names, args.lang, 
 
 N = args.num_return
 results, t0 = [], time.time()
-gen = torch.Generator(device=device).manual_seed(args.seed)
 per_batch = max(1, args.batch_size // N)  # CVs per batch, all N J′ of a CV in the same batch
-for i in range(0, len(rows), per_batch):
+if args.resume and Path(args.output).is_file():  # what an interrupted run wrote: the same CVs, the same settings
+    try:
+        results = read_jsonl(args.output, "ppo")
+    except DataError as e:
+        fail(f"{e}; --resume reads it as this run's earlier output")
+    same = [r["cv"] for r in results] == [r["cv"] for r in rows[: len(results)]]
+    if not same or any(len(r.get("jds", [])) != N for r in results) or len(results) % per_batch and len(results) < len(rows):
+        fail(f"{args.output} was not written from {args.input} with these --num-return and --batch-size; "
+             "rerun without --resume, or with the settings of the first run")
+    log(f"resuming: {args.output} holds {len(results)} of {len(rows)} CVs")
+resumed = len(results)
+for i in range(resumed, len(rows), per_batch):
     chunk = rows[i : i + per_batch]
+    # each batch draws from its own seed, so a resumed run writes what an uninterrupted one would
+    gen = torch.Generator(device=device).manual_seed(args.seed + 1_000_003 * (i // per_batch))
     with autocast():
         out = generate(G, [q for q in prompts[i : i + per_batch] for _ in range(N)], args.max_new_tokens,
                        eos_id=tok.eos_id, pad_id=tok.pad_or_eos_id,
@@ -206,9 +222,12 @@ for i in range(0, len(rows), per_batch):
             for jd in jds:
                 jd["oracle"] = oracle.score(0, jd["jd"])
         results.append({**({"id": r["id"]} if "id" in r else {}), "cv": r["cv"], "jds": jds})
+    if args.output:  # every finished batch on disk (a temporary file and a rename: never half a line)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(args.output, results)
     if args.input:
-        done, elapsed = min(i + per_batch, len(rows)), time.time() - t0
-        print(f"{done}/{len(rows)} CVs  {done / elapsed:.1f} CVs/s  eta {elapsed / done * (len(rows) - done):.0f}s",
+        done, elapsed, new = min(i + per_batch, len(rows)), time.time() - t0, min(i + per_batch, len(rows)) - resumed
+        print(f"{done}/{len(rows)} CVs  {new / elapsed:.1f} CVs/s  eta {elapsed / new * (len(rows) - done):.0f}s",
               file=sys.stderr, flush=True)
 
 # ----------------------------------------------------------------------------- stage 4: real jobs ranked by M

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market, ppo
-from girl.cli import COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_market_flags, fail, log, parser, setup
+from girl.cli import (COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_market_flags, fail, log, parser, setup,
+                      stop_if_not_finite)
 from girl.data import DataError, read_jsonl
-from girl.files import CheckpointError, atomic_dir
+from girl.files import CheckpointError, atomic_dir, recover
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
 from girl.lm.hub import HubError
 from girl.lm.model import RewardModel
@@ -34,7 +35,7 @@ from girl.lm.sampling import decoded, rollout
 from girl.lm.tokenizer import Tokenizer
 from girl.reward import token_scores
 from girl.template import prompt_ids
-from girl.training import adamw, step_indices
+from girl.training import StopRequest, adamw, step_indices
 
 p = parser(__doc__)
 # Models
@@ -100,6 +101,7 @@ oracle = market.Oracle(market.seekers(eval_rows), args.lang) if on_market else N
 log(f"data: {len(train_rows)} PPO CVs, {len(eval_rows)} held-out CVs" + (" (with the oracle)" if on_market else ""))
 
 # ----------------------------------------------------------------------------- the four models
+recover(args.out_last)  # a save killed mid-way (kill -9) is finished before anything else
 resuming = args.resume and (Path(args.out_last) / "actor" / "trainer_state.json").is_file()
 if args.resume and not resuming:
     log(f"--resume: no state in {args.out_last}, starting fresh")
@@ -164,6 +166,7 @@ metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 # ----------------------------------------------------------------------------- PPO
 t_start, first_iteration = time.time(), state["iteration"]
+stop = StopRequest()  # SIGINT/SIGTERM: save at the end of the iteration and exit
 for it in range(state["iteration"], args.iterations):
     # the CVs and the sampling seed are functions of the iteration alone, so a resumed run goes on exactly: each
     # epoch is one shuffle of the CVs cut into batches (the few left over wait for another epoch's shuffle)
@@ -180,6 +183,8 @@ for it in range(state["iteration"], args.iterations):
     t_rollout = time.time() - t0
     stats = ppo.update(actor, critic, ref, batch, scores, kl_ctl.beta, cfg, actor_opt, critic_opt, autocast, g)
     stats["u_score_raw"] = raw.mean().item()
+    stop_if_not_finite(it + 1, args.out_last, u_score=stats["u_score_raw"], policy_loss=stats["policy_loss"],
+                       value_loss=stats["value_loss"], kl=stats["kl"])
     if on_market and rows[0].get("seeker"):
         o = market.oracle_eval(market.seekers(rows), texts, args.lang)
         stats.update(oracle=o["oracle_mean"], parse_rate=o["parse_rate"])
@@ -198,10 +203,14 @@ for it in range(state["iteration"], args.iterations):
     if args.eval_every and (it + 1) % args.eval_every == 0 and it + 1 < args.iterations:
         e = evaluation.policy_eval(actor, tok, eval_prompts, **eval_args)
         log(f"eval: {json.dumps({k: round(v, 4) for k, v in e.items() if k != 'example'})}")
-    if (it + 1) % args.save_every == 0 or it + 1 == args.iterations:  # actor and critic, whole or not at all
+    stopping = stop.requested() and it + 1 < args.iterations
+    if (it + 1) % args.save_every == 0 or it + 1 == args.iterations or stopping:  # actor and critic, whole or not at all
         with atomic_dir(args.out_last) as tmp:
             save_model(tmp / "actor", actor, tok, args, optimizer=actor_opt, state=state)
             save_model(tmp / "critic", critic, tok_u, args, optimizer=critic_opt, state=state)
+    if stopping:
+        stop.exit(f"stopped by {stop.name} after iteration {it + 1}; {args.out_last} holds it: run the same command "
+                  "with --resume to go on")
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- after

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import add_market_flags, add_training_flags, fail, load_rows, log, parser, setup, training_args
+from girl.cli import (add_market_flags, add_training_flags, fail, load_rows, log, parser, setup, stop_if_not_finite,
+                      training_args)
 from girl.data import IGNORE, collate, sft_examples
 from girl.files import CheckpointError, write_json
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
@@ -29,7 +30,7 @@ from girl.lm.model import Config, Transformer
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import sft_loss
 from girl.template import TEMPLATE, prompt_ids
-from girl.training import Progress, adamw, lr_at, set_lr, step_indices
+from girl.training import Progress, StopRequest, adamw, lr_at, set_lr, step_indices
 
 p = parser(__doc__)
 # Model
@@ -107,6 +108,7 @@ if state["initial_eval_loss"] is None:
     log(f"initial eval loss {state['initial_eval_loss']:.4f} (ppl {math.exp(state['initial_eval_loss']):.1f})", rank=rank)
 model.train()
 progress = Progress(max_steps, args.log_every, enabled=rank == 0, start_step=state["step"])
+stop = StopRequest()  # SIGINT/SIGTERM: save at the end of the step and exit
 t_start = time.time()
 for step in range(state["step"], max_steps):
     lr = lr_at(step, max_steps, args.lr, args.warmup)
@@ -122,6 +124,7 @@ for step in range(state["step"], max_steps):
         loss.backward()
         loss_sum += loss.item()
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
+    stop_if_not_finite(step + 1, args.out_last, loss=loss_sum, grad_norm=grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
@@ -139,6 +142,11 @@ for step in range(state["step"], max_steps):
             log(f"eval loss {loss:.4f} (ppl {math.exp(loss):.2f}){'  saved best to ' + args.out if improved else ''}")
         if world > 1:
             torch.distributed.barrier()
+    if stop.requested(world, device) and step + 1 < max_steps:
+        if rank == 0:
+            save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
+        stop.exit(f"stopped by {stop.name or 'a signal'} after step {step + 1}; {args.out_last} holds it: "
+                  "run the same command with --resume to go on")
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final evaluation

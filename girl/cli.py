@@ -18,7 +18,7 @@ import torch
 
 from girl import market
 from girl.data import DataError, read_jsonl
-from girl.files import CheckpointError
+from girl.files import CheckpointError, recover
 from girl.lm.checkpoint import load_model
 from girl.lm.hub import HubError
 from girl.lm.tokenizer import Tokenizer
@@ -90,6 +90,8 @@ def training_args(p):
     """Parse the flags; fill in --out-last and the learning rate of the model chosen."""
     args = p.parse_args()
     args.out_last = args.out_last or args.out.rstrip("/") + "-last"
+    for folder in (args.out, args.out_last):
+        recover(folder)  # a save killed mid-way (kill -9) is finished before anything else
     args.lr = args.lr or p.lr_defaults["builtin" if args.model == "builtin" else "pretrained"]
     return args
 
@@ -130,6 +132,17 @@ def fail(message: str):
     """End a script with a message for the user (no traceback) and a non-zero exit status."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def stop_if_not_finite(step: int, out_last, **losses: float):
+    """A NaN or infinite loss ends the run before the optimizer applies it, naming the step and every loss
+    term; the resumable state last saved in out_last stays as it was."""
+    if all(math.isfinite(v) for v in losses.values()):
+        return
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+    fail(f"step {step}: the loss is not finite ({terms}); nothing of this step was saved and {out_last} still "
+         "holds the last good state. Lower --lr or --grad-clip, or look for a broken row in the data, then run "
+         "again with --resume")
 
 
 # ----------------------------------------------------------------------------- data and models

@@ -32,6 +32,17 @@ def write_jsonl(path, rows: list[dict]):
     os.replace(tmp, path)
 
 
+def recover(out_dir):
+    """Finish a save that was killed between its two renames: the folder is gone but its previous version waits
+    beside it as .NAME.old; put it back. Leftover .NAME.tmp-* folders of killed saves are deleted."""
+    out = Path(out_dir)
+    old = out.with_name(f".{out.name}.old")
+    if not out.exists() and old.is_dir():
+        os.replace(old, out)
+    for tmp in out.parent.glob(f".{out.name}.tmp-*") if out.parent.is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(out_dir):
     """Build a folder in a temporary sibling and move it into place only when complete.
@@ -39,10 +50,12 @@ def atomic_dir(out_dir):
         with atomic_dir("ckpt/sft") as tmp:
             (tmp / "config.json").write_text(...)
 
-    An interrupted save leaves the previous folder untouched (and a .tmp-* folder to delete).
+    An interrupted save leaves the previous folder untouched. Killed at any instant (kill -9), it leaves the
+    previous folder or the new one in place, or the previous one as .NAME.old for recover() to restore.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
@@ -54,5 +67,5 @@ def atomic_dir(out_dir):
     if out.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
-    os.replace(tmp, out)
+    os.replace(tmp, out)  # between the two renames only .old exists: recover() puts it back
     shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,9 @@
 """What the training loops share: AdamW and its parameter groups, the learning-rate schedule, the data
-order of a step, and the progress line."""
+order of a step, the progress line, and stopping cleanly on a signal."""
 
 import math
+import signal
+import sys
 import time
 
 import torch
@@ -70,3 +72,39 @@ class Progress:
         shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         print(f"step {step + 1}/{self.total}  {shown}  {self.tokens / elapsed:,.0f} tok/s  "
               f"elapsed {elapsed:.0f}s  eta {eta:.0f}s", flush=True)
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (what a cluster scheduler sends before it kills a job) do not kill a training
+    loop mid-step: they raise a flag, the loop saves its resumable state at the next step boundary and exits
+    with status 128 + the signal's number, as a shell reports a killed job. A second signal stops at once.
+
+        stop = StopRequest()
+        for step in ...:
+            ...
+            if stop.requested(world):
+                save the resumable state; stop.exit(f"... after step {step + 1} ...")
+    """
+
+    def __init__(self):
+        self.name, self.code = None, 0
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.name is not None:
+            raise KeyboardInterrupt
+        self.name, self.code = signal.Signals(signum).name, 128 + signum
+        print(f"{self.name}: finishing this step, then saving a resumable state (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def requested(self, world: int = 1, device=None) -> bool:
+        """Whether to stop now; with several processes, all stop at the same step if any was signalled."""
+        flag = torch.tensor([float(self.name is not None)], device=device)
+        if world > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def exit(self, message: str):
+        print(message, flush=True)
+        raise SystemExit(self.code or 128 + signal.SIGTERM)

@@ -97,6 +97,32 @@ def test_jsonl_batch(world, tmp_path):
     assert all(len(o["jds"]) == 3 and o["cv"].endswith(f"No. {i}") for i, o in enumerate(out))
 
 
+def test_an_interrupted_batch_resumes_where_it_stopped(world, tmp_path):
+    """--output is rewritten (atomically) after every batch; killed mid-run (SIGKILL, nothing to clean up), the
+    file holds whole CVs only, and --resume writes exactly what an uninterrupted run writes."""
+    cvs = tmp_path / "cvs.jsonl"
+    cvs.write_text("".join(json.dumps({"id": i, "cv": f"{CV}\nNo. {i}"}) + "\n" for i in range(40)))
+    common = ["--input", cvs, "--num-return", "2", "--batch-size", "4", "--max-new-tokens", "8"]
+    run(*common, "--output", tmp_path / "whole.jsonl", cwd=world)
+    whole = (tmp_path / "whole.jsonl").read_text()
+    proc = subprocess.Popen([sys.executable, ROOT / "generate.py", *map(str, common), "--output", tmp_path / "cut.jsonl"],
+                            cwd=world, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stderr:
+        if line.startswith("2/40 CVs"):
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    cut = (tmp_path / "cut.jsonl").read_text()
+    assert 0 < len(cut.splitlines()) < 40 and whole.startswith(cut)  # whole lines, whole batches, all correct
+    r = run(*common, "--output", tmp_path / "cut.jsonl", "--resume", cwd=world)
+    assert f"resuming: {tmp_path / 'cut.jsonl'} holds {len(cut.splitlines())} of 40 CVs" in r.stdout
+    assert (tmp_path / "cut.jsonl").read_text() == whole
+    other = ["--input", cvs, "--num-return", "3", "--batch-size", "4", "--max-new-tokens", "8"]
+    r = run(*other, "--output", tmp_path / "cut.jsonl", "--resume", cwd=world, check=False)
+    assert r.returncode == 2 and "was not written from" in r.stderr and "--num-return" in r.stderr
+
+
 def test_rank_with_u_sorts_by_u_and_reports_its_scores(world):
     r = run("--cv", CV, "--num-return", "6", "--max-new-tokens", "16", "--rank-with", "ckpt/rm", "--json", cwd=world)
     jds = json.loads(r.stdout)["jds"]

@@ -2,7 +2,11 @@
 and its checkpoint loader says clearly what is wrong with a bad folder."""
 
 import json
+import random
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +252,51 @@ def test_atomic_dir_keeps_old_checkpoint_on_crash(tmp_path):
             raise KeyboardInterrupt
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folders left behind
+
+
+def test_a_save_killed_between_its_renames_is_recovered(tmp_path):
+    """The one instant atomic_dir cannot make atomic: the old folder renamed to .ckpt.old, the new one not yet in
+    place (and a half-written .ckpt.tmp-* beside). Loading reads the old version; the next save restores it first,
+    then replaces it, and leaves no debris."""
+    model = load_model(FIXTURES / "tiny-llama")
+    save_model(tmp_path / "ckpt", model)
+    (tmp_path / "ckpt").rename(tmp_path / ".ckpt.old")
+    (tmp_path / ".ckpt.tmp-abc").mkdir()
+    (tmp_path / ".ckpt.tmp-abc" / "model.safetensors").write_bytes(b"half")
+    again = load_model(tmp_path / "ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    save_model(tmp_path / "ckpt", again)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+KILLED_SAVER = """
+import sys, torch
+from girl.lm.checkpoint import load_model, save_model
+model = load_model(sys.argv[1])
+base = [p.detach().clone() for p in model.parameters()]
+for i in range(10**9):  # version i % 2: every weight times 1 or times 2
+    with torch.no_grad():
+        for p, b in zip(model.parameters(), base):
+            p.copy_(b * (1 + i % 2))
+    save_model(sys.argv[2], model)
+    print("saved", flush=True)
+"""
+
+
+def test_kill_9_at_any_moment_of_saving_leaves_a_whole_checkpoint(tmp_path):
+    """A real process saves a checkpoint over and over, alternating two versions, and is killed with SIGKILL at
+    6 seeded moments: each time the folder loads and holds one version whole, never a mix or a torn file."""
+    model = load_model(FIXTURES / "tiny-llama")
+    base = [p.detach().clone() for p in model.parameters()]
+    rng = random.Random(0)
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(FIXTURES / "tiny-llama"), str(tmp_path / "ckpt")],
+                                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        assert proc.stdout.readline() == "saved\n"  # at least one whole save exists
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.kill()
+        proc.wait(timeout=30)
+        loaded = list(load_model(tmp_path / "ckpt").parameters())
+        factor = (loaded[0] / base[0]).flatten()[0].round().item()
+        assert factor in (1, 2), attempt
+        assert all(torch.equal(p, b * factor) for p, b in zip(loaded, base)), attempt

@@ -4,6 +4,7 @@ run ends exactly where an uninterrupted one does, and the errors a user can meet
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,18 +81,51 @@ def test_writes_the_new_g_and_its_metrics(init, tmp_path):
         assert metrics[key] == pytest.approx(u_scores(u, tok, cvs, jds, "en").mean().item(), rel=1e-6, abs=1e-6), key
 
 
-def test_resumed_run_equals_uninterrupted_run(init, tmp_path):
-    ppo(init, tmp_path / "a", "--iterations", "3")
+@pytest.fixture(scope="module")
+def uninterrupted(init, tmp_path_factory):
+    """Three iterations in one go: what interrupted runs must end equal to."""
+    a = tmp_path_factory.mktemp("uninterrupted") / "a"
+    ppo(init, a, "--iterations", "3")
+    return a
+
+
+def assert_same_end(a, b):
+    for part in ("actor", "critic"):
+        x = load_file(str(a.with_name(a.name + "-last") / part / "model.safetensors"))
+        y = load_file(str(b.with_name(b.name + "-last") / part / "model.safetensors"))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), part
+    x, y = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert x["reward_after"] == y["reward_after"] and x["oracle_after"] == y["oracle_after"]
+    assert len((b / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resumed_run_equals_uninterrupted_run(init, uninterrupted, tmp_path):
     ppo(init, tmp_path / "b", "--iterations", "2", "--save-every", "1")  # as if stopped after iteration 2
     r = ppo(init, tmp_path / "b", "--iterations", "3", "--resume")
     assert "resuming at iteration 2" in r.stdout
-    for part in ("actor", "critic"):
-        a = load_file(str(tmp_path / "a-last" / part / "model.safetensors"))
-        b = load_file(str(tmp_path / "b-last" / part / "model.safetensors"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in ("a", "b"))
-    assert a["reward_after"] == b["reward_after"] and a["oracle_after"] == b["oracle_after"]
-    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert_same_end(uninterrupted, tmp_path / "b")
+
+
+def test_sigterm_saves_the_iteration_and_resume_goes_on_exactly(init, uninterrupted, tmp_path):
+    """SIGTERM just after iteration 1's progress line, with --save-every 10: the iteration in progress is finished
+    and saved (actor, critic, optimizers, metrics line), the run exits 143, and --resume ends where the
+    uninterrupted run ends."""
+    args = [sys.executable, ROOT / "train_ppo.py", "--init", init / "ckpt", "--market-dir", init / "data", "--lang", "en",
+            "--batch-size", "4", "--minibatch-size", "2", "--ppo-epochs", "2", "--max-new-tokens", "12",
+            "--eval-cvs", "4", "--iterations", "3", "--out", tmp_path / "b"]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:
+        if line.startswith("iter 1/3"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    done = json.loads((tmp_path / "b-last" / "actor" / "trainer_state.json").read_text())["iteration"]
+    assert done in (1, 2) and f"stopped by SIGTERM after iteration {done}" in out  # 1 if it came before the check
+    r = ppo(init, tmp_path / "b", "--iterations", "3", "--resume")
+    assert f"resuming at iteration {done}" in r.stdout
+    assert_same_end(uninterrupted, tmp_path / "b")
 
 
 def test_errors_a_user_can_meet(init, tmp_path):

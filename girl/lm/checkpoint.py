@@ -28,6 +28,9 @@ __all__ = ["CheckpointError", "load_model", "load_optimizer", "open_folder", "sa
 
 def open_folder(name_or_path) -> tuple[Path, Config, bool]:
     """(folder, config, whether it holds a reward model) of a local folder or hub id."""
+    local = Path(name_or_path)
+    if not local.exists() and (old := local.with_name(f".{local.name}.old")).is_dir():
+        name_or_path = old  # a save killed between its two renames: read the previous version (see files.recover)
     folder = hub.resolve(name_or_path)
     path = folder / "config.json"
     if not path.is_file():
