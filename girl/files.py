@@ -16,6 +16,13 @@ class CheckpointError(ValueError):
     """A folder or file that cannot be loaded; the message names it and says what to do."""
 
 
+def plain_file_name(name) -> bool:
+    """Whether a name read from a file (a shard of a weight index, say) names a file inside its folder: no
+    separator, no '..', not absolute. Anything else could make the program read or write outside the folder."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name
+
+
 def write_json(path, obj):
     """JSON through a temporary file and a rename."""
     path = Path(path)

@@ -4,6 +4,7 @@ The "hub" is an http.server on 127.0.0.1 serving fixture folders at /<repo id>/r
 as huggingface.co does, with HTTP Range support; HF_ENDPOINT points girl at it.
 """
 
+import hashlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from girl.files import CheckpointError
 from girl.lm.checkpoint import load_model
 from girl.lm.hub import HubError, resolve
 from girl.lm.tokenizer import Tokenizer
@@ -27,6 +29,10 @@ class Hub:
         self.repos: dict[str, Path] = {}
         self.log: list[tuple[str, str | None, int]] = []  # (path, Range header, bytes sent)
         self.cut_after: dict[str, int] = {}  # file name -> bytes to send before dropping the connection, once
+        self.status: dict[str, int] = {}  # file name -> an error status to answer instead
+        self.html: set[str] = set()  # file names answered by a 200 HTML page (a login or proxy page)
+        self.headers: dict[str, dict] = {}  # file name -> extra headers (what the hub announces)
+        self.seen: list[str] = []  # every path asked for
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,10 +40,22 @@ class Hub:
                 pass
 
             def do_GET(self):
+                hub.seen.append(self.path)
                 m = re.fullmatch(r"/(.+)/resolve/main/([^/]+)", self.path)
                 folder = hub.repos.get(m.group(1)) if m else None
-                if folder is None or not (folder / m.group(2)).is_file():
+                if m and (m.group(2) in hub.status or m.group(2) in hub.html or folder is None
+                          or not (folder / m.group(2)).is_file()):
                     hub.log.append((self.path, None, 0))
+                if m and m.group(2) in hub.status:
+                    return self.send_error(hub.status[m.group(2)])
+                if m and m.group(2) in hub.html:
+                    page = b"<!DOCTYPE html><html><body>Please log in</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    return self.wfile.write(page)
+                if folder is None or not (folder / m.group(2)).is_file():
                     return self.send_error(404)
                 data = (folder / m.group(2)).read_bytes()
                 start, status = 0, 200
@@ -49,6 +67,8 @@ class Hub:
                 body = data[start:]
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
+                for k, v in hub.headers.get(m.group(2), {}).items():
+                    self.send_header(k, v)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
@@ -164,3 +184,51 @@ def test_not_a_folder_nor_an_id(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(HubError, match="not a folder, and not a hub id"):
         resolve(str(tmp_path / "file.txt"))
+
+
+@pytest.mark.parametrize("status, message", [
+    (401, r"HTTP 401 .*gated: accept its license on the hub and set HF_TOKEN"),
+    (403, r"HTTP 403 .*gated: accept its license on the hub and set HF_TOKEN"),
+    (500, r"HTTP 500 "),
+])
+def test_http_errors_name_the_file_and_the_fix(hub, tmp_path, status, message):
+    hub.status["model.safetensors"] = status
+    with pytest.raises(HubError, match=rf"/tiny-org/tiny-qwen2/resolve/main/model.safetensors: {message}"):
+        load_model("tiny-org/tiny-qwen2")
+    assert not list((tmp_path / "cache").rglob("model.safetensors*"))
+
+
+def test_an_html_page_is_not_taken_for_the_file(hub, tmp_path):
+    hub.html.add("config.json")
+    with pytest.raises(HubError, match=r"config.json: the server sent an HTML page instead of the file"):
+        load_model("tiny-org/tiny-qwen2")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("announced", ["size", "sha256"])
+def test_a_file_unlike_what_the_hub_announced_is_removed(hub, tmp_path, announced):
+    data = (hub.repos["tiny-org/tiny-qwen2"] / "model.safetensors").read_bytes()
+    right = {"X-Linked-Size": str(len(data)), "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"'}
+    wrong = {"size": {"X-Linked-Size": str(len(data) + 1)},
+             "sha256": {"X-Linked-Etag": f'"{hashlib.sha256(data + b"x").hexdigest()}"'}}[announced]
+    hub.headers["model.safetensors"] = wrong
+    with pytest.raises(HubError, match=r"model.safetensors: the file is not what the hub announced .*removed: run again"):
+        load_model("tiny-org/tiny-qwen2")
+    assert not list((tmp_path / "cache").rglob("model.safetensors*"))
+    hub.headers["model.safetensors"] = right  # what the hub announces, checked and accepted
+    assert torch.equal(logits(load_model("tiny-org/tiny-qwen2")), logits(load_model(FIXTURES / "tiny-qwen2")))
+
+
+def test_a_shard_name_cannot_leave_the_folder(hub, tmp_path):
+    """A weight index naming "../../x.safetensors" is refused before anything is fetched or read."""
+    repo = hub.repos["tiny-org/tiny-qwen2"]
+    (repo / "model.safetensors").rename(tmp_path / "evil.safetensors")
+    (repo / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"lm_head.weight": "../../../evil.safetensors"}}))
+    with pytest.raises(HubError, match=r"shard index names '../../../evil.safetensors', not a file of the repo"):
+        load_model("tiny-org/tiny-qwen2")
+    assert hub.seen and not [path for path in hub.seen if "evil" in path]
+    local = tmp_path / "local"
+    shutil.copytree(repo, local)
+    with pytest.raises(CheckpointError, match=r"shard '../../../evil.safetensors' is not a file name inside"):
+        load_model(local)

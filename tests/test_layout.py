@@ -84,3 +84,21 @@ def test_each_module_imports_alone():
     assert set(loaded["girl.lm.model"]) == {"girl.lm", "girl.lm.model"}
     for m in METHOD:
         assert not any(k.startswith("girl.market") for k in loaded[m]), f"{m} pulls in the market: {loaded[m]}"
+
+
+def test_nothing_read_from_disk_is_ever_executed():
+    """No pickle is loaded and no text is run as code, anywhere in the package or the scripts: no pickle-family
+    import, no eval/exec/compile, and every torch.load (there is none today) with weights_only=True."""
+    files = sorted((ROOT / "girl").rglob("*.py")) + sorted(ROOT.glob("*.py"))
+    assert len(files) > 20
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+                assert not {"pickle", "dill", "marshal", "shelve", "joblib"} & {str(n).split(".")[0] for n in names}, path
+            if isinstance(node, ast.Call):
+                f = node.func
+                assert not (isinstance(f, ast.Name) and f.id in ("eval", "exec", "compile")), (path, node.lineno)
+                if isinstance(f, ast.Attribute) and f.attr == "load" and getattr(f.value, "id", None) == "torch":
+                    weights_only = [k for k in node.keywords if k.arg == "weights_only"]
+                    assert weights_only and getattr(weights_only[0].value, "value", None) is True, (path, node.lineno)

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from girl.files import CheckpointError, atomic_dir, write_json
+from girl.files import CheckpointError, atomic_dir, plain_file_name, write_json
 from girl.lm import hub
 from girl.lm.hf import config_from_hf, config_to_hf, hf_layout, hf_name, ignorable, to_hf
 from girl.lm.model import Config, RewardModel, Transformer
@@ -55,6 +55,8 @@ def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        if bad := [s for s in shards if not plain_file_name(s)]:
+            raise CheckpointError(f"{index}: shard {bad[0]!r} is not a file name inside {folder}; refusing to read it")
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{index}: shard files missing from the folder: {', '.join(missing)}")

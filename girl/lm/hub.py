@@ -10,8 +10,11 @@ Environment:
 
 Files are written to `name.part` first and renamed when complete; an interrupted download resumes
 from the .part file with an HTTP Range request. A model whose files are all cached needs no network.
+A file whose size or sha256 differs from what the server announces (X-Linked-Size; X-Linked-Etag or an
+ETag that is a sha256, as for LFS files) is removed, and an HTML page where a file was expected refused.
 """
 
+import hashlib
 import http.client
 import json
 import os
@@ -20,6 +23,8 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from girl.files import plain_file_name
 
 REQUIRED = ["config.json"]
 OPTIONAL = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
@@ -81,6 +86,8 @@ def download(repo_id: str, revision: str = "main") -> Path:
     if get("model.safetensors.index.json", required=False):
         index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
         for shard in sorted(set(index["weight_map"].values())):
+            if not plain_file_name(shard):  # "../../x" would be fetched to, and read from, outside the cache
+                raise HubError(f"{repo_id}: the shard index names {shard!r}, not a file of the repo; refusing it")
             get(shard, required=True)
     elif not get("model.safetensors", required=False):
         raise HubError(
@@ -112,7 +119,13 @@ def fetch(url: str, dest: Path) -> bool:
     except (urllib.error.URLError, OSError) as e:
         raise HubError(f"{url}: cannot connect ({e}). Set HF_ENDPOINT for a mirror, or HF_HUB_OFFLINE=1 "
                        "to use the cache only.") from None
+    if response.headers.get_content_type() == "text/html":  # a login page, a proxy's or a mirror's error page
+        response.close()
+        raise HubError(f"{url}: the server sent an HTML page instead of the file. Check HF_ENDPOINT (a mirror's "
+                       "address), and HF_TOKEN for a gated model.")
     dest.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed first request leaves no folder
+    announced_size = response.headers.get("X-Linked-Size")
+    etag = (response.headers.get("X-Linked-Etag") or response.headers.get("ETag") or "").removeprefix("W/").strip('"')
     with response:
         if response.status != 206:  # the server ignored our Range: start again
             have = 0
@@ -128,5 +141,22 @@ def fetch(url: str, dest: Path) -> bool:
                 raise HubError(f"{url}: interrupted ({e}); run again to resume from {part}") from None
     if total is not None and part.stat().st_size != total:
         raise HubError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to resume from {part}")
+    # what the hub announced for the file (LFS files carry both): a mismatch is a corrupt file, not a short one
+    size, problem = part.stat().st_size, None
+    if announced_size and int(announced_size) != size:
+        problem = f"{size} bytes, the hub announced {announced_size}"
+    elif re.fullmatch(r"[0-9a-f]{64}", etag) and (digest := sha256_of(part)) != etag:
+        problem = f"sha256 {digest}, the hub announced {etag}"
+    if problem:
+        part.unlink()
+        raise HubError(f"{url}: the file is not what the hub announced ({problem}); it was removed: run again")
     os.replace(part, dest)
     return True
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
