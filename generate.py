@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import MAKES, fail, log, newest_generator, open_model, parser, prompts_for, setup
+from girl.cli import (COUNT, COUNT0, FINITE, MAKES, PROBABILITY_MASS, fail, log, newest_generator, open_model, parser,
+                      prompts_for, setup)
 from girl.data import DataError, read_jsonl
 from girl.files import atomic_dir, write_json, write_jsonl
 from girl.lm.checkpoint import train_args
@@ -45,20 +46,20 @@ p.add_argument("--input", help='JSONL of CVs, one {"cv": ...} per line (an "id" 
 p.add_argument("--output", help="write the results of --input as JSONL here, batch by batch (default: print them)")
 p.add_argument("--resume", action="store_true", help="--input/--output: keep the CVs --output already holds (an "
                                                      "interrupted batch run) and go on from the next one")
-p.add_argument("--example", type=int, default=0, help="with no CV given: which held-out market CV (default: 0)")
+p.add_argument("--example", type=COUNT0, default=0, help="with no CV given: which held-out market CV (default: 0)")
 p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
 p.add_argument("--lang", choices=list(TEMPLATE), help="prompt language (default: the one G was trained with, else zh)")
 # Sampling
-p.add_argument("--num-return", type=int, default=1, help="J′ per CV (default: 1); with --rank-with, best-of-N")
-p.add_argument("--temperature", type=float, default=0.7, help="softmax temperature (default: 0.7, PPO's)")
-p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only (default: all)")
-p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with this much probability (default: 1)")
+p.add_argument("--num-return", type=COUNT, default=1, help="J′ per CV (default: 1); with --rank-with, best-of-N")
+p.add_argument("--temperature", type=FINITE, default=0.7, help="softmax temperature (default: 0.7, PPO's)")
+p.add_argument("--top-k", type=COUNT, help="sample among the k most likely tokens only (default: all)")
+p.add_argument("--top-p", type=PROBABILITY_MASS, help="sample from the smallest set of tokens with this much probability (default: 1)")
 p.add_argument("--greedy", action="store_true", help="always take the most likely token (one J′ per CV)")
-p.add_argument("--max-new-tokens", type=int, default=128, help="J′ length limit in tokens (default: 128)")
+p.add_argument("--max-new-tokens", type=COUNT, default=128, help="J′ length limit in tokens (default: 128)")
 p.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed writes the same J′ (default: 0)")
-p.add_argument("--batch-size", type=int, default=64, help="sequences sampled at once (default: 64)")
+p.add_argument("--batch-size", type=COUNT, default=64, help="sequences sampled at once (default: 64)")
 # Recommendation (stage 4)
-p.add_argument("--recommend", type=int, metavar="K", help="also rank real jobs with the matcher M, reading J′, and "
+p.add_argument("--recommend", type=COUNT, metavar="K", help="also rank real jobs with the matcher M, reading J′, and "
                                                           "show the top K (default: off)")
 p.add_argument("--matcher", default="ckpt/rec/m", help="--recommend: M's folder, as train_rec.py writes it "
                                                        "(default: ckpt/rec/m); its generator is G unless --ckpt")
@@ -71,8 +72,8 @@ p.add_argument("--eval", action="store_true", help="evaluate SFT, PPO, best-of-N
 p.add_argument("--sft", default="ckpt/sft", help="--eval: the SFT model (default: ckpt/sft)")
 p.add_argument("--ppo", default="ckpt/ppo", help="--eval: the PPO model; skipped if absent (default: ckpt/ppo)")
 p.add_argument("--eval-data", help='--eval: JSONL of held-out {"cv"} (+ "seeker" for the oracle) (default: the market\'s)')
-p.add_argument("--eval-cvs", type=int, default=200, help="--eval: how many held-out CVs (default: 200)")
-p.add_argument("--best-of", type=int, default=8, help="--eval: N of best-of-N on SFT ranked by U (default: 8)")
+p.add_argument("--eval-cvs", type=COUNT, default=200, help="--eval: how many held-out CVs (default: 200)")
+p.add_argument("--best-of", type=COUNT, default=8, help="--eval: N of best-of-N on SFT ranked by U (default: 8)")
 p.add_argument("--eval-out", default="ckpt/eval", help="--eval: folder for eval.json and eval.md (default: ckpt/eval)")
 args = p.parse_args()
 
@@ -86,10 +87,8 @@ if args.resume and not (args.input and args.output):
     fail("--resume goes on with an interrupted --input/--output run; give both")
 if args.greedy and args.num_return > 1:
     fail("--greedy writes the same J′ every time; --num-return N needs sampling (drop --greedy)")
-if args.num_return < 1 or args.max_new_tokens < 1 or args.best_of < 1 or args.eval_cvs < 1:
-    fail("--num-return, --max-new-tokens, --best-of and --eval-cvs must be >= 1")
-if args.recommend is not None and (args.recommend < 1 or args.eval):
-    fail("--recommend K needs K >= 1, and is not a part of --eval (train_rec.py measures M)")
+if args.recommend is not None and args.eval:
+    fail("--recommend K is not a part of --eval (train_rec.py measures M)")
 if args.eval and (args.greedy or args.top_k or args.top_p):
     fail("--eval samples every system from the plain softmax at --temperature (the policy PPO trained and KL "
          "is measured for); drop --greedy, --top-k and --top-p")

@@ -25,7 +25,7 @@ import torch
 
 from girl import evaluation, market, ppo
 from girl.cli import (COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_market_flags, fail, log, parser, setup,
-                      stop_if_not_finite)
+                      refuse_to_overwrite, stop_if_not_finite)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, atomic_dir, recover
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
@@ -102,6 +102,7 @@ log(f"data: {len(train_rows)} PPO CVs, {len(eval_rows)} held-out CVs" + (" (with
 
 # ----------------------------------------------------------------------------- the four models
 recover(args.out_last)  # a save killed mid-way (kill -9) is finished before anything else
+refuse_to_overwrite(args.out_last, "actor/trainer_state.json")
 resuming = args.resume and (Path(args.out_last) / "actor" / "trainer_state.json").is_file()
 if args.resume and not resuming:
     log(f"--resume: no state in {args.out_last}, starting fresh")
@@ -149,8 +150,11 @@ eval_args = dict(cvs=[r["cv"] for r in eval_rows], U=U, tok_u=tok_u, lang=args.l
 # ----------------------------------------------------------------------------- before
 state = {"iteration": 0, "kl_coef": args.kl_coef, "score_mean": None, "score_std": None, "before": None}
 if resuming:
-    state = load_optimizer(Path(args.out_last) / "actor", actor, actor_opt)
-    load_optimizer(Path(args.out_last) / "critic", critic, critic_opt)
+    try:
+        state = load_optimizer(Path(args.out_last) / "actor", actor, actor_opt)
+        load_optimizer(Path(args.out_last) / "critic", critic, critic_opt)
+    except CheckpointError as e:
+        fail(str(e))
     log(f"resuming at iteration {state['iteration']} from {args.out_last}")
 if state["before"] is None:
     t0 = time.time()
@@ -183,7 +187,7 @@ for it in range(state["iteration"], args.iterations):
     t_rollout = time.time() - t0
     stats = ppo.update(actor, critic, ref, batch, scores, kl_ctl.beta, cfg, actor_opt, critic_opt, autocast, g)
     stats["u_score_raw"] = raw.mean().item()
-    stop_if_not_finite(it + 1, args.out_last, u_score=stats["u_score_raw"], policy_loss=stats["policy_loss"],
+    stop_if_not_finite(it + 1, args.out_last, "iteration", u_score=stats["u_score_raw"], policy_loss=stats["policy_loss"],
                        value_loss=stats["value_loss"], kl=stats["kl"])
     if on_market and rows[0].get("seeker"):
         o = market.oracle_eval(market.seekers(rows), texts, args.lang)

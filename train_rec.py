@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from girl import market, ranking
-from girl.cli import add_market_flags, fail, log, newest_generator, open_model, parser, setup
+from girl.cli import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, RATE, add_market_flags, fail, log, newest_generator, open_model,
+                      parser, setup)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, write_json
 from girl.lm.checkpoint import load_model, train_args
@@ -49,52 +50,46 @@ p.add_argument("--generator", help="G, whose J′ M reads (default: the newer of
 p.add_argument("--encoder", default="builtin",
                help="'builtin' (default): G's embeddings and lowest --encoder-layers blocks; or a local HF folder / hub id "
                     "(its own tokenizer)")
-p.add_argument("--encoder-layers", type=int, default=2, help="blocks of the encoder (default: 2)")
-p.add_argument("--hidden", type=int, default=256, help="width of the matcher's MLP (default: 256)")
-p.add_argument("--max-len", type=int, default=128, help="tokens per encoded CV, JD or J′; longer ones are cut (default: 128)")
+p.add_argument("--encoder-layers", type=COUNT, default=2, help="blocks of the encoder (default: 2)")
+p.add_argument("--hidden", type=COUNT, default=256, help="width of the matcher's MLP (default: 256)")
+p.add_argument("--max-len", type=COUNT, default=128, help="tokens per encoded CV, JD or J′; longer ones are cut (default: 128)")
 # J′
-p.add_argument("--best-of", type=int, default=1, help="1: G's greedy J′; N: the best of N samples by U (default: 1)")
+p.add_argument("--best-of", type=COUNT, default=1, help="1: G's greedy J′; N: the best of N samples by U (default: 1)")
 p.add_argument("--rm", default="ckpt/rm", help="U, for --best-of N > 1 (default: ckpt/rm)")
-p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for --best-of (default: 0.7)")
-p.add_argument("--max-new-tokens", type=int, default=128, help="J′ length limit (default: 128)")
+p.add_argument("--temperature", type=POSITIVE, default=0.7, help="sampling temperature for --best-of (default: 0.7)")
+p.add_argument("--max-new-tokens", type=COUNT, default=128, help="J′ length limit (default: 128)")
 p.add_argument("--cache-dir", default="ckpt/jprime", help="where J′ are kept, per generator and settings (default: ckpt/jprime)")
 # Data
 p.add_argument("--data", help='training JSONL of {"cv", "jd", "label"} (default: the market\'s rec_train.jsonl)')
 p.add_argument("--test-data", help="interactions of cold-start seekers (default: the market's interactions_test.jsonl)")
 p.add_argument("--exclude-cvs", help='JSONL of {"cv", ...}, G\'s SFT data: training rows with these CVs are dropped '
                                      "(default: the market's sft_train.jsonl)")
-p.add_argument("--negatives", type=int, default=8,
+p.add_argument("--negatives", type=COUNT0, default=8,
                help="jobs of the training data drawn at random each step and paired, labelled 0, with every seeker of the "
                     "step who did not apply to them: M must rank every job, not only those a seeker applied to "
                     "(default: 8; 0: recruiter decisions only)")
-p.add_argument("--jprime-dropout", type=float, default=0.0,
+p.add_argument("--jprime-dropout", type=RATE, default=0.0,
                help="M only: the share of training seekers whose J′ is hidden (its encoding zeroed) at each step, so that M "
                     "also learns to read C and does not lean on J′ alone (default: 0)")
-p.add_argument("--warm-per-seeker", type=int, default=2,
+p.add_argument("--warm-per-seeker", type=COUNT0, default=2,
                help="interactions of each training seeker held out for the warm split (default: 2)")
 add_market_flags(p)
 # Optimization
-p.add_argument("--batch-seekers", type=int, default=16, help="seekers per step, all their interactions (default: 16)")
-p.add_argument("--epochs", type=float, default=5.0, help="passes over the training seekers (default: 5)")
-p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
-p.add_argument("--warmup", type=int, default=20, help="linear warmup steps (default: 20)")
-p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
-p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+p.add_argument("--batch-seekers", type=COUNT, default=16, help="seekers per step, all their interactions (default: 16)")
+p.add_argument("--epochs", type=POSITIVE, default=5.0, help="passes over the training seekers (default: 5)")
+p.add_argument("--lr", type=POSITIVE, default=1e-3, help="peak learning rate (default: 1e-3)")
+p.add_argument("--warmup", type=COUNT0, default=20, help="linear warmup steps (default: 20)")
+p.add_argument("--weight-decay", type=NONNEGATIVE, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
+p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip the gradient norm to this (default: 1.0)")
 p.add_argument("--seed", type=int, default=0, help="seed of the data order, the heads' init and sampling (default: 0)")
 # Evaluation and output
-p.add_argument("--rank-seekers", type=int, default=200, help="held-out market seekers whose ranking of every job is "
+p.add_argument("--rank-seekers", type=COUNT0, default=200, help="held-out market seekers whose ranking of every job is "
                                                              "measured; 0 skips (default: 200)")
-p.add_argument("--k", type=int, default=10, help="cut-off of NDCG@k and recall@k (default: 10)")
-p.add_argument("--bootstrap", type=int, default=1000, help="paired-bootstrap resamples of the seekers (default: 1000)")
+p.add_argument("--k", type=COUNT, default=10, help="cut-off of NDCG@k and recall@k (default: 10)")
+p.add_argument("--bootstrap", type=COUNT, default=1000, help="paired-bootstrap resamples of the seekers (default: 1000)")
 p.add_argument("--out", default="ckpt/rec", help="folder for m/, m0/ and metrics.json (default: ckpt/rec)")
-p.add_argument("--log-every", type=int, default=50, help="progress line every N steps (default: 50)")
+p.add_argument("--log-every", type=COUNT, default=50, help="progress line every N steps (default: 50)")
 args = p.parse_args()
-for flag in ("encoder_layers", "hidden", "max_len", "best_of", "max_new_tokens", "batch_seekers", "k", "bootstrap"):
-    if getattr(args, flag) < 1:
-        fail(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
-if not (args.epochs > 0 and args.lr > 0 and args.temperature > 0 and args.warm_per_seeker >= 0 and args.negatives >= 0
-        and 0 <= args.jprime_dropout < 1):
-    fail("--epochs, --lr and --temperature must be > 0, --warm-per-seeker and --negatives >= 0, --jprime-dropout in [0, 1)")
 
 run = setup(args.seed, distributed=False)
 device, autocast = run.device, run.autocast

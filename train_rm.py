@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import (add_market_flags, add_training_flags, fail, load_rows, log, parser, setup, stop_if_not_finite,
-                      training_args)
+from girl.cli import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, add_market_flags, add_training_flags, fail, load_rows, log,
+                      parser, schedule_notice, setup, stop_if_not_finite, training_args)
 from girl.files import CheckpointError, write_json
 from girl.lm.checkpoint import load_model, load_optimizer, open_folder, save_model
 from girl.lm.hub import HubError
@@ -42,7 +42,7 @@ p = parser(__doc__)
 p.add_argument("--model", default="builtin",
                help="'builtin': a Llama-style U smaller than G, trained from scratch with G's tokenizer; or a local "
                     "HF folder / hub id (a language model gets a new scalar head; a reward model continues)")
-p.add_argument("--u-layers", type=int, default=2, help="layers of the built-in U, taken from G's lowest (default: 2)")
+p.add_argument("--u-layers", type=COUNT, default=2, help="layers of the built-in U, taken from G's lowest (default: 2)")
 p.add_argument("--sft", default="ckpt/sft", help="G's checkpoint: its tokenizer for the built-in U, its size for "
                                                  "comparison (default: ckpt/sft)")
 # Data
@@ -50,22 +50,22 @@ p.add_argument("--data", help='training JSONL of {"cv", "jd_pos", "jd_neg"} (def
 p.add_argument("--eval-data", help="held-out triples (default: the market's rm_eval.jsonl; with --data and no "
                                    "--eval-data, 5%% of --data is held out)")
 add_market_flags(p)
-p.add_argument("--max-len", type=int, default=256, help="tokens per scored sequence; longer CVs are cut (default: 256)")
+p.add_argument("--max-len", type=COUNT, default=256, help="tokens per scored sequence; longer CVs are cut (default: 256)")
 p.add_argument("--feedback", choices=["samples", "log", "both"],
                help="what U learns from: 'samples', a simulated recruiter's comparisons of G's own J′ (market only); "
                     "'log', the (C, J+, J−) triples of --data or the market's application log; 'both' "
                     "(default: samples on the market, log with --data)")
-p.add_argument("--samples-per-cv", type=int, default=4, help="J′ sampled from G per CV; every pair is compared (default: 4)")
-p.add_argument("--sample-cvs", type=int, default=1200, help="training CVs given sampled J′ (the market has 1397); "
+p.add_argument("--samples-per-cv", type=COUNT0, default=4, help="J′ sampled from G per CV; every pair is compared (default: 4)")
+p.add_argument("--sample-cvs", type=COUNT0, default=1200, help="training CVs given sampled J′ (the market has 1397); "
                                                        "200 held-out CVs get them too, for evaluation (default: 1200)")
-p.add_argument("--sample-temperature", type=float, default=1.0,
+p.add_argument("--sample-temperature", type=POSITIVE, default=1.0,
                help="temperature of those samples: above PPO's, so that U also meets the unusable JDs PPO must "
                     "learn to avoid (default: 1.0)")
-p.add_argument("--max-new-tokens", type=int, default=96, help="J′ length limit when sampling (default: 96)")
+p.add_argument("--max-new-tokens", type=COUNT, default=96, help="J′ length limit when sampling (default: 96)")
 # Optimization, evaluation, output
 add_training_flags(p, "triples", lr_builtin=1e-3, lr_pretrained=1e-5, eval_every=200, out="ckpt/rm")
-p.add_argument("--margin", type=float, default=0.0, help="m in −log σ(r+ − r− − m) (default: 0, the paper's loss)")
-p.add_argument("--center-coef", type=float, default=0.0, help="η of the η·(r+ + r−)² centering term (default: 0)")
+p.add_argument("--margin", type=NONNEGATIVE, default=0.0, help="m in −log σ(r+ − r− − m) (default: 0, the paper's loss)")
+p.add_argument("--center-coef", type=NONNEGATIVE, default=0.0, help="η of the η·(r+ + r−)² centering term (default: 0)")
 args = training_args(p)
 builtin = args.model == "builtin"
 
@@ -158,9 +158,13 @@ if world > 1:
 optimizer = adamw(raw_model, args.lr, args.weight_decay)
 per_step = args.batch_size * args.grad_accum * world
 max_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train) / per_step))
+schedule_notice(len(train), "triples", max_steps, args, rank)
 state = {"step": 0, "best_eval_loss": float("inf"), "train_tokens": 0, "initial_eval": None}
 if resuming:
-    state = load_optimizer(args.out_last, raw_model, optimizer)
+    try:
+        state = load_optimizer(args.out_last, raw_model, optimizer)
+    except CheckpointError as e:
+        fail(str(e))
     log(f"resuming at step {state['step']} from {args.out_last}", rank=rank)
 
 # ----------------------------------------------------------------------------- training loop

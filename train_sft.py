@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import (add_market_flags, add_training_flags, fail, load_rows, log, parser, setup, stop_if_not_finite,
-                      training_args)
+from girl.cli import (COUNT, COUNT0, add_market_flags, add_training_flags, fail, load_rows, log, parser, schedule_notice, setup,
+                      stop_if_not_finite, training_args)
 from girl.data import IGNORE, collate, sft_examples
 from girl.files import CheckpointError, write_json
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
@@ -42,13 +42,13 @@ p.add_argument("--data", help='training JSONL of {"cv", "jd"} (default: the synt
 p.add_argument("--eval-data", help='held-out JSONL of {"cv", "jd"} (default: the market\'s sft_eval.jsonl; '
                                    "with --data and no --eval-data, 5%% of --data is held out)")
 add_market_flags(p)
-p.add_argument("--max-len", type=int, default=256, help="tokens per example; longer CVs, then JDs, are cut (default: 256)")
+p.add_argument("--max-len", type=COUNT, default=256, help="tokens per example; longer CVs, then JDs, are cut (default: 256)")
 # Optimization, evaluation, output
 add_training_flags(p, "pairs", lr_builtin=3e-3, lr_pretrained=2e-5, eval_every=100, out="ckpt/sft")
-p.add_argument("--eval-examples", type=int, default=512, help="held-out pairs in the eval loss (default: 512)")
-p.add_argument("--oracle-cvs", type=int, default=200,
+p.add_argument("--eval-examples", type=COUNT, default=512, help="held-out pairs in the eval loss (default: 512)")
+p.add_argument("--oracle-cvs", type=COUNT0, default=200,
                help="held-out market CVs whose greedy JDs the oracle scores at the end; 0 skips (default: 200)")
-p.add_argument("--max-new-tokens", type=int, default=96, help="JD length limit when generating (default: 96)")
+p.add_argument("--max-new-tokens", type=COUNT, default=96, help="JD length limit when generating (default: 96)")
 args = training_args(p)
 builtin = args.model == "builtin"
 
@@ -97,9 +97,13 @@ if world > 1:
 optimizer = adamw(raw_model, args.lr, args.weight_decay)
 per_step = args.batch_size * args.grad_accum * world
 max_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train) / per_step))
+schedule_notice(len(train), "pairs", max_steps, args, rank)
 state = {"step": 0, "best_eval_loss": float("inf"), "train_tokens": 0, "initial_eval_loss": None}
 if resuming:
-    state = load_optimizer(args.out_last, raw_model, optimizer)
+    try:
+        state = load_optimizer(args.out_last, raw_model, optimizer)
+    except CheckpointError as e:
+        fail(str(e))
     log(f"resuming at step {state['step']} from {args.out_last}", rank=rank)
 
 # ----------------------------------------------------------------------------- training loop

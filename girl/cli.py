@@ -31,11 +31,13 @@ def parser(doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def number(kind: type = float, low: float = 0.0, inclusive: bool = False, high: float | None = None):
-    """An argparse type: a finite number of `kind` above `low` (or at it, with inclusive) and at most `high`.
+def number(kind: type = float, low: float = 0.0, inclusive: bool = False, high: float | None = None,
+           high_inclusive: bool = True):
+    """An argparse type: a finite number of `kind` above `low` (or at it, with inclusive) and at most `high` (or
+    below it, without high_inclusive).
     A bad value stops at parse time with the flag's name (argparse adds it) and what it must be."""
     bounds = ([f">= {low:g}" if inclusive else f"> {low:g}"] if low != -math.inf else []) + (
-        [f"<= {high:g}"] if high is not None else [])
+        [f"<= {high:g}" if high_inclusive else f"< {high:g}"] if high is not None else [])
 
     def parse(text: str):
         try:
@@ -44,7 +46,8 @@ def number(kind: type = float, low: float = 0.0, inclusive: bool = False, high: 
             what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         above = value >= low if inclusive else value > low
-        if not (math.isfinite(value) and above and (high is None or value <= high)):
+        below = high is None or (value <= high if high_inclusive else value < high)
+        if not (math.isfinite(value) and above and below):
             must = (["finite"] if kind is float else []) + bounds
             raise argparse.ArgumentTypeError(f"must be {' and '.join(must)}, got {text}")
         return value
@@ -55,6 +58,8 @@ def number(kind: type = float, low: float = 0.0, inclusive: bool = False, high: 
 
 POSITIVE, NONNEGATIVE, FINITE = number(), number(inclusive=True), number(low=-math.inf, inclusive=True)
 UNIT = number(inclusive=True, high=1.0)  # in [0, 1]: a discount, a probability
+PROBABILITY_MASS = number(high=1.0)  # in (0, 1]: top-p
+RATE = number(inclusive=True, high=1.0, high_inclusive=False)  # in [0, 1): a dropout rate
 COUNT, COUNT0 = number(int, 1, inclusive=True), number(int, 0, inclusive=True)  # >= 1, >= 0
 
 
@@ -86,12 +91,31 @@ def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, ev
     p.add_argument("--log-every", type=COUNT, default=10, help="progress line every N steps (default: 10)")
 
 
+def schedule_notice(n: int, unit: str, max_steps: int, args, rank: int = 0):
+    """Say so when the data are too few for the schedule: fewer optimizer steps than --warmup means the learning
+    rate never reaches --lr (68 pairs at the defaults make 5 steps of 30 warm-up steps)."""
+    if args.max_steps is None and max_steps < args.warmup:
+        log(f"notice: {n} training {unit} make only {max_steps} optimizer steps (--epochs {args.epochs:g}, --batch-size "
+            f"{args.batch_size} x --grad-accum {args.grad_accum}), fewer than --warmup {args.warmup}: the learning "
+            f"rate never reaches --lr. Raise --epochs (or set --max-steps), or lower --warmup", rank=rank)
+
+
+def refuse_to_overwrite(out_last, state_file: str):
+    """--out-last is where the resumable state is saved, again and again: a folder that holds a model but no state
+    of this kind (ckpt/sft passed by mistake, say) would be replaced. Stop before anything is written."""
+    folder = Path(out_last)
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / state_file).is_file():
+        fail(f"--out-last {folder} holds something else than a resumable state of this script ({state_file} is "
+             "missing), and would be overwritten; give another --out-last")
+
+
 def training_args(p):
     """Parse the flags; fill in --out-last and the learning rate of the model chosen."""
     args = p.parse_args()
     args.out_last = args.out_last or args.out.rstrip("/") + "-last"
     for folder in (args.out, args.out_last):
         recover(folder)  # a save killed mid-way (kill -9) is finished before anything else
+    refuse_to_overwrite(args.out_last, "trainer_state.json")
     args.lr = args.lr or p.lr_defaults["builtin" if args.model == "builtin" else "pretrained"]
     return args
 
@@ -134,15 +158,15 @@ def fail(message: str):
     raise SystemExit(2)
 
 
-def stop_if_not_finite(step: int, out_last, **losses: float):
-    """A NaN or infinite loss ends the run before the optimizer applies it, naming the step and every loss
-    term; the resumable state last saved in out_last stays as it was."""
+def stop_if_not_finite(step: int, out_last, unit: str = "step", **losses: float):
+    """A NaN or infinite loss ends the run before anything of its step is saved, naming the step and every
+    loss term; the resumable state last saved in out_last, if any, stays as it was."""
     if all(math.isfinite(v) for v in losses.values()):
         return
     terms = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
-    fail(f"step {step}: the loss is not finite ({terms}); nothing of this step was saved and {out_last} still "
-         "holds the last good state. Lower --lr or --grad-clip, or look for a broken row in the data, then run "
-         "again with --resume")
+    fail(f"{unit} {step}: the loss is not finite ({terms}); nothing of this {unit} was saved, and the last state "
+         f"saved in {out_last}, if any, is as it was. Lower --lr or --grad-clip, or look for a broken row in the "
+         "data, then run again (with --resume to go on from that state)")
 
 
 # ----------------------------------------------------------------------------- data and models

@@ -142,6 +142,9 @@ def test_errors_a_user_can_meet(init, tmp_path):
                                  ("--minibatch-size", "0", "must be >= 1, got 0")):
         r = ppo(init, tmp_path / "o", flag, value, check=False)
         assert r.returncode == 2 and f"argument {flag}: {message}" in r.stderr, flag
+    r = ppo(init, tmp_path / "o", "--lr", "1e30", "--iterations", "2", check=False)  # the weights blow up
+    assert r.returncode == 2 and "error: iteration 1: the loss is not finite (u_score" in r.stderr, r.stderr
+    assert "policy_loss nan" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "cvs.jsonl"
     bad.write_text('{"cv": "a CV"}\n{"cv": 3}\n')
     r = ppo(init, tmp_path / "o", "--data", bad, check=False)

@@ -146,7 +146,11 @@ def load_model(name_or_path, cls=Transformer, dtype=None, device=None):
 def load_optimizer(folder, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore what save_model(..., optimizer, state) wrote into a freshly built optimizer; return `state`."""
     folder = Path(folder)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    try:
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+    except (SafetensorError, FileNotFoundError) as e:
+        raise CheckpointError(f"{folder / 'optimizer.safetensors'}: no readable optimizer state ({e}); this folder "
+                              "cannot be resumed: run without --resume, or point --out-last at a whole state") from None
     params = dict(model.named_parameters())
     for key, value in tensors.items():
         name, slot = key.split("::")

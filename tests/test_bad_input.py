@@ -1,0 +1,100 @@
+"""Bad input a user can give any script: a number out of range, too little data, a resumable state that is not
+one. Each stops with exit status 2 and one `error:` line that names the flag or file and the fix, with no
+traceback and nothing written; or, for too little data, runs with a notice that says which flag to raise.
+
+Interruptions are tested beside the scripts they interrupt (test_train_sft.py, test_train_ppo.py,
+test_generate.py, test_model.py), downloads in test_hub.py."""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from girl.cli import COUNT, FINITE, POSITIVE, PROBABILITY_MASS, RATE, UNIT
+from girl.market import build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_number_types_take_what_they_say_and_nothing_else():
+    assert POSITIVE("1e-3") == 1e-3 and COUNT("3") == 3 and isinstance(COUNT("3"), int) and FINITE("-3") == -3
+    assert UNIT("0") == 0 and UNIT("1") == 1 and PROBABILITY_MASS("1") == 1 and RATE("0") == 0
+    for kind, text in ((POSITIVE, "0"), (POSITIVE, "-1e-3"), (POSITIVE, "nan"), (POSITIVE, "inf"), (FINITE, "-inf"),
+                       (COUNT, "0"), (COUNT, "2.5"), (UNIT, "1.0001"), (UNIT, "-0.1"), (PROBABILITY_MASS, "0"),
+                       (RATE, "1"), (POSITIVE, "1e-3x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            kind(text)
+    assert math.isclose(POSITIVE("1e308"), 1e308)
+
+
+@pytest.mark.parametrize("script, flag, value, message", [
+    ("train_rm.py", "--margin", "-1", "argument --margin: must be finite and >= 0, got -1"),
+    ("train_rm.py", "--sample-temperature", "0", "argument --sample-temperature: must be finite and > 0, got 0"),
+    ("train_rec.py", "--jprime-dropout", "1", "argument --jprime-dropout: must be finite and >= 0 and < 1, got 1"),
+    ("train_rec.py", "--lr", "inf", "argument --lr: must be finite and > 0, got inf"),
+    ("generate.py", "--top-p", "1.5", "argument --top-p: must be finite and > 0 and <= 1, got 1.5"),
+    ("generate.py", "--num-return", "0", "argument --num-return: must be >= 1, got 0"),
+    ("train_ppo.py", "--kl-coef", "nan", "argument --kl-coef: must be finite and >= 0, got nan"),
+])
+def test_every_script_checks_its_numbers_at_parse_time(tmp_path, script, flag, value, message):
+    r = run(script, flag, value, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    d = tmp_path_factory.mktemp("market")
+    build(d, "en", seed=0, n_jobs=60, seekers=dict(sft=12, rm=0, ppo=0, eval=4))
+    return d
+
+
+def test_too_little_data_for_the_schedule_is_said_with_the_flag_to_raise(market, tmp_path):
+    r = run("train_sft.py", "--data", market / "sft_train.jsonl", "--eval-data", market / "sft_eval.jsonl", "--lang", "en",
+            "--oracle-cvs", "0", "--out", tmp_path / "o")
+    pairs = len((market / "sft_train.jsonl").read_text().splitlines())
+    assert r.returncode == 0, r.stderr
+    assert (f"notice: {pairs} training pairs make only {math.ceil(pairs / 16)} optimizer steps (--epochs 1, "
+            f"--batch-size 16 x --grad-accum 1), fewer than --warmup 30") in r.stdout and "Raise --epochs" in r.stdout
+    r = run("train_sft.py", "--data", market / "sft_train.jsonl", "--eval-data", market / "sft_eval.jsonl", "--lang", "en",
+            "--oracle-cvs", "0", "--warmup", "2", "--out", tmp_path / "p")
+    assert r.returncode == 0 and "notice" not in r.stdout
+
+
+def test_a_resumable_state_without_its_optimizer_is_refused(market, tmp_path):
+    common = ["--data", market / "sft_train.jsonl", "--eval-data", market / "sft_eval.jsonl", "--lang", "en",
+              "--oracle-cvs", "0", "--eval-every", "1", "--out", tmp_path / "o"]
+    assert run("train_sft.py", *common, "--max-steps", "1").returncode == 0
+    state = tmp_path / "o-last"
+    (state / "optimizer.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # cut short
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
+    r = run("train_sft.py", *common, "--max-steps", "2", "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {state / 'optimizer.safetensors'}: no readable optimizer state" in r.stderr
+    assert "run without --resume" in r.stderr
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+    assert json.loads((state / "trainer_state.json").read_text())["step"] == 1
+
+
+def test_out_last_that_holds_something_else_is_not_overwritten(market, tmp_path):
+    """--out-last ckpt/sft by mistake (a model, not a resumable state): nothing is trained or written over it."""
+    model = tmp_path / "sft"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tiny-llama", model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    for script, extra in (("train_sft.py", ["--data", market / "sft_train.jsonl"]),
+                          ("train_ppo.py", ["--data", market / "eval.jsonl"])):
+        r = run(script, *extra, "--out-last", model, "--out", tmp_path / "o")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"error: --out-last {model} holds something else than a resumable state" in r.stderr
+        assert {p.name: p.read_bytes() for p in model.iterdir()} == before and not (tmp_path / "o").exists()
