@@ -35,7 +35,7 @@ from girl.lm.tokenizer import Tokenizer
 from girl.losses import rm_loss
 from girl.reward import encode_triples, pair_scores
 from girl.template import prompt_ids
-from girl.training import Progress, StopRequest, adamw, lr_at, set_lr, step_indices
+from girl.training import Progress, StopRequest, adamw, global_sum, lr_at, set_lr, step_indices
 
 p = parser(__doc__)
 # Model
@@ -181,14 +181,16 @@ for step in range(state["step"], max_steps):
     set_lr(optimizer, lr)
     micro = [[train[i] for i in idx]
              for idx in step_indices(step, len(train), args.batch_size, args.grad_accum, args.seed, rank, world)]
+    n_pairs = global_sum(sum(map(len, micro)), world, device)  # the step's pairs over every rank (see train_sft.py)
     loss_sum, correct, tokens = 0.0, 0, 0
     for pairs in micro:
         r_pos, r_neg = pair_scores(model, pairs, pad_id, autocast)
-        loss = rm_loss(r_pos, r_neg, args.margin, args.center_coef) * len(pairs) / sum(map(len, micro))
+        loss = rm_loss(r_pos, r_neg, args.margin, args.center_coef) * len(pairs) * world / n_pairs
         loss.backward()
-        loss_sum += loss.item()
+        loss_sum += loss.item() / world
         correct += (r_pos > r_neg).sum().item()
         tokens += sum(len(p) + len(n) for p, n in pairs)
+    loss_sum = global_sum(loss_sum, world, device)
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
     stop_if_not_finite(step + 1, args.out_last, loss=loss_sum, grad_norm=grad_norm)
     optimizer.step()
@@ -233,5 +235,6 @@ if rank == 0:
     write_json(Path(args.out) / "metrics.json", metrics)
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     log(f"wrote {args.out}/ (best by eval loss) and {args.out_last}/ (resumable)")
-if world > 1:
+if world > 1:  # every rank waits for rank 0's final evaluation, then all leave together
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()

@@ -30,7 +30,7 @@ from girl.lm.model import Config, Transformer
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import sft_loss
 from girl.template import TEMPLATE, prompt_ids
-from girl.training import Progress, StopRequest, adamw, lr_at, set_lr, step_indices
+from girl.training import Progress, StopRequest, adamw, global_sum, lr_at, set_lr, step_indices
 
 p = parser(__doc__)
 # Model
@@ -119,14 +119,17 @@ for step in range(state["step"], max_steps):
     set_lr(optimizer, lr)
     micro = [collate([train[i] for i in idx], pad_id)
              for idx in step_indices(step, len(train), args.batch_size, args.grad_accum, args.seed, rank, world)]
-    targets = sum((b["labels"][:, 1:] != IGNORE).sum().item() for b in micro)  # JD tokens in this step
+    # JD tokens in the whole step, over every rank: L_sft is their mean, whichever rank holds them (DDP averages
+    # the ranks' gradients, hence the factor world)
+    targets = global_sum(sum((b["labels"][:, 1:] != IGNORE).sum().item() for b in micro), world, device)
     loss_sum = 0.0
     for b in micro:
         with autocast():
             logits = model(b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
-        loss = sft_loss(logits, b["labels"].to(device), reduction="sum") / targets  # mean over the whole step
+        loss = sft_loss(logits, b["labels"].to(device), reduction="sum") * world / targets
         loss.backward()
-        loss_sum += loss.item()
+        loss_sum += loss.item() / world
+    loss_sum = global_sum(loss_sum, world, device)
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
     stop_if_not_finite(step + 1, args.out_last, loss=loss_sum, grad_norm=grad_norm)
     optimizer.step()
@@ -175,5 +178,6 @@ if rank == 0:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "example"}
     log(json.dumps(shown, ensure_ascii=False))
     log(f"wrote {args.out}/ (best by eval loss) and {args.out_last}/ (resumable)")
-if world > 1:
+if world > 1:  # every rank waits for rank 0's final evaluation, then all leave together
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()

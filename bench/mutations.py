@@ -91,6 +91,18 @@ FAULTS = [
      "every greedy row decodes the SFT model", "tests/test_generate.py::test_eval_table"),
     ("girl/evaluation.py", "0.0 if ref is None else statistics.fmean(s.kl)", "0.0 if ref is None else -statistics.fmean(s.kl)",
      "the table's KL to SFT negated", "tests/test_generate.py::test_eval_table"),
+    # N processes compute what one does
+    ("train_sft.py", "targets = global_sum(sum((b[\"labels\"][:, 1:] != IGNORE).sum().item() for b in micro), world, device)",
+     "targets = sum((b[\"labels\"][:, 1:] != IGNORE).sum().item() for b in micro)",
+     "SFT: each rank's own token count", "tests/test_distributed.py::test_sft_two_processes_equal_one"),
+    ("train_sft.py", 'loss = sft_loss(logits, b["labels"].to(device), reduction="sum") * world / targets',
+     'loss = sft_loss(logits, b["labels"].to(device), reduction="sum") / targets',
+     "SFT: DDP's averaging not undone", "tests/test_distributed.py::test_sft_two_processes_equal_one"),
+    ("train_rm.py", "loss = rm_loss(r_pos, r_neg, args.margin, args.center_coef) * len(pairs) * world / n_pairs",
+     "loss = rm_loss(r_pos, r_neg, args.margin, args.center_coef) * len(pairs) / n_pairs",
+     "RM: DDP's averaging not undone", "tests/test_distributed.py::test_rm_two_processes_equal_one"),
+    ("train_sft.py", "    torch.distributed.barrier()\n    torch.distributed.destroy_process_group()", "    torch.distributed.destroy_process_group()",
+     "SFT: ranks leave before rank 0's last evaluation", "tests/test_distributed.py::test_sft_two_processes_equal_one"),
 ]
 
 

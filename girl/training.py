@@ -55,6 +55,15 @@ def step_indices(step: int, n: int, batch_size: int, grad_accum: int, seed: int,
     return [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
 
 
+def global_sum(x: float, world: int, device=None) -> float:
+    """x summed over every process (x itself with one): a step's token count or loss, the same on every rank."""
+    if world == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.item()
+
+
 class Progress:
     """One line per `every` steps: step, loss, learning rate, tokens/s, elapsed and ETA."""
 
