@@ -152,8 +152,10 @@ for step in range(state["step"], max_steps):
     if stop.requested(world, device) and step + 1 < max_steps:
         if rank == 0:
             save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
+        if world > 1:  # no rank leaves (and has torchrun stop the others) before rank 0 has saved
+            torch.distributed.barrier()
         stop.exit(f"stopped by {stop.name or 'a signal'} after step {step + 1}; {args.out_last} holds it: "
-                  "run the same command with --resume to go on")
+                  "run the same command with --resume to go on", rank)
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final evaluation

@@ -114,6 +114,7 @@ class StopRequest:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
-    def exit(self, message: str):
-        print(message, flush=True)
+    def exit(self, message: str, rank: int = 0):
+        if rank == 0:
+            print(message, flush=True)
         raise SystemExit(self.code or 128 + signal.SIGTERM)
