@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market, ppo
-from girl.cli import (COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_market_flags, fail, log, parser, setup,
-                      refuse_to_overwrite, stop_if_not_finite)
+from girl.cli import (COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_market_flags, check_out_last, fail, log,
+                      parser, setup, stop_if_not_finite)
 from girl.data import DataError, read_jsonl
-from girl.files import CheckpointError, atomic_dir, recover
+from girl.files import CheckpointError, atomic_dir
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
 from girl.lm.hub import HubError
 from girl.lm.model import RewardModel
@@ -101,8 +101,7 @@ oracle = market.Oracle(market.seekers(eval_rows), args.lang) if on_market else N
 log(f"data: {len(train_rows)} PPO CVs, {len(eval_rows)} held-out CVs" + (" (with the oracle)" if on_market else ""))
 
 # ----------------------------------------------------------------------------- the four models
-recover(args.out_last)  # a save killed mid-way (kill -9) is finished before anything else
-refuse_to_overwrite(args.out_last, "actor/trainer_state.json")
+check_out_last(args.out_last, "actor/trainer_state.json")
 resuming = args.resume and (Path(args.out_last) / "actor" / "trainer_state.json").is_file()
 if args.resume and not resuming:
     log(f"--resume: no state in {args.out_last}, starting fresh")
@@ -212,9 +211,8 @@ for it in range(state["iteration"], args.iterations):
         with atomic_dir(args.out_last) as tmp:
             save_model(tmp / "actor", actor, tok, args, optimizer=actor_opt, state=state)
             save_model(tmp / "critic", critic, tok_u, args, optimizer=critic_opt, state=state)
-    if stopping:
-        stop.exit(f"stopped by {stop.name} after iteration {it + 1}; {args.out_last} holds it: run the same command "
-                  "with --resume to go on")
+    if stopping:  # saved just above
+        stop.exit(f"iteration {it + 1}", args.out_last)
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- after

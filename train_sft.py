@@ -150,12 +150,8 @@ for step in range(state["step"], max_steps):
         if world > 1:
             torch.distributed.barrier()
     if stop.requested(world, device) and step + 1 < max_steps:
-        if rank == 0:
-            save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
-        if world > 1:  # no rank leaves (and has torchrun stop the others) before rank 0 has saved
-            torch.distributed.barrier()
-        stop.exit(f"stopped by {stop.name or 'a signal'} after step {step + 1}; {args.out_last} holds it: "
-                  "run the same command with --resume to go on", rank)
+        stop.exit(f"step {step + 1}", args.out_last, rank, world,
+                  save=lambda: save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state))
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final evaluation

@@ -100,9 +100,11 @@ def schedule_notice(n: int, unit: str, max_steps: int, args, rank: int = 0):
             f"rate never reaches --lr. Raise --epochs (or set --max-steps), or lower --warmup", rank=rank)
 
 
-def refuse_to_overwrite(out_last, state_file: str):
-    """--out-last is where the resumable state is saved, again and again: a folder that holds a model but no state
-    of this kind (ckpt/sft passed by mistake, say) would be replaced. Stop before anything is written."""
+def check_out_last(out_last, state_file: str):
+    """Before anything is read from or written to --out-last: finish a save of it killed mid-way (kill -9), and
+    refuse a folder that holds something else than a resumable state of this kind (ckpt/sft passed by mistake,
+    say), which the saves would replace."""
+    recover(out_last)
     folder = Path(out_last)
     if folder.is_dir() and any(folder.iterdir()) and not (folder / state_file).is_file():
         fail(f"--out-last {folder} holds something else than a resumable state of this script ({state_file} is "
@@ -113,9 +115,8 @@ def training_args(p):
     """Parse the flags; fill in --out-last and the learning rate of the model chosen."""
     args = p.parse_args()
     args.out_last = args.out_last or args.out.rstrip("/") + "-last"
-    for folder in (args.out, args.out_last):
-        recover(folder)  # a save killed mid-way (kill -9) is finished before anything else
-    refuse_to_overwrite(args.out_last, "trainer_state.json")
+    recover(args.out)  # a save killed mid-way (kill -9) is finished before anything else
+    check_out_last(args.out_last, "trainer_state.json")
     args.lr = args.lr or p.lr_defaults["builtin" if args.model == "builtin" else "pretrained"]
     return args
 

@@ -91,8 +91,8 @@ class StopRequest:
         stop = StopRequest()
         for step in ...:
             ...
-            if stop.requested(world):
-                save the resumable state; stop.exit(f"... after step {step + 1} ...")
+            if stop.requested(world, device):
+                stop.exit(f"step {step + 1}", out_last, rank, world, save=lambda: save_model(out_last, ...))
     """
 
     def __init__(self):
@@ -109,12 +109,20 @@ class StopRequest:
 
     def requested(self, world: int = 1, device=None) -> bool:
         """Whether to stop now; with several processes, all stop at the same step if any was signalled."""
+        if world == 1:
+            return self.name is not None
         flag = torch.tensor([float(self.name is not None)], device=device)
-        if world > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
-    def exit(self, message: str, rank: int = 0):
+    def exit(self, after: str, out_last, rank: int = 0, world: int = 1, save=None):
+        """Rank 0 runs save() (when the state is not saved already); no rank leaves before it is done, since
+        torchrun would stop the others; then say how to go on and exit."""
+        if save is not None and rank == 0:
+            save()
+        if world > 1:
+            torch.distributed.barrier()
         if rank == 0:
-            print(message, flush=True)
+            print(f"stopped by {self.name or 'a signal'} after {after}; {out_last} holds it: run the same command "
+                  "with --resume to go on", flush=True)
         raise SystemExit(self.code or 128 + signal.SIGTERM)
