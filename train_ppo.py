@@ -25,7 +25,7 @@ import torch
 
 from girl import evaluation, market, ppo
 from girl.cli import (COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_market_flags, check_out_last, fail, log,
-                      parser, setup, stop_if_not_finite)
+                      parser, resuming, setup, stop_if_not_finite)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, atomic_dir
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
@@ -102,16 +102,14 @@ log(f"data: {len(train_rows)} PPO CVs, {len(eval_rows)} held-out CVs" + (" (with
 
 # ----------------------------------------------------------------------------- the four models
 check_out_last(args.out_last, "actor/trainer_state.json")
-resuming = args.resume and (Path(args.out_last) / "actor" / "trainer_state.json").is_file()
-if args.resume and not resuming:
-    log(f"--resume: no state in {args.out_last}, starting fresh")
+resume = resuming(args, "actor/trainer_state.json")
 for name, folder, script in (("G", args.sft, "train_sft.py"), ("U", args.rm, "train_rm.py")):
     if not Path(folder).is_dir():
         fail(f"{folder}: no checkpoint of {name}; run python {script} first (or pass --{'sft' if name == 'G' else 'rm'} DIR)")
 try:
     tok = Tokenizer.from_pretrained(args.sft)
     tok_u = Tokenizer.from_pretrained(args.rm)
-    actor_dir, critic_dir = (Path(args.out_last) / "actor", Path(args.out_last) / "critic") if resuming else (args.sft, args.rm)
+    actor_dir, critic_dir = (Path(args.out_last) / "actor", Path(args.out_last) / "critic") if resume else (args.sft, args.rm)
     # trained weights in float32 (bf16 autocast on CUDA); the frozen ones may stay in bf16 on CUDA
     actor = load_model(actor_dir, dtype=torch.float32, device=device)
     critic = load_model(critic_dir, RewardModel, dtype=torch.float32, device=device)
@@ -148,7 +146,7 @@ eval_args = dict(cvs=[r["cv"] for r in eval_rows], U=U, tok_u=tok_u, lang=args.l
 
 # ----------------------------------------------------------------------------- before
 state = {"iteration": 0, "kl_coef": args.kl_coef, "score_mean": None, "score_std": None, "before": None}
-if resuming:
+if resume:
     try:
         state = load_optimizer(Path(args.out_last) / "actor", actor, actor_opt)
         load_optimizer(Path(args.out_last) / "critic", critic, critic_opt)
@@ -162,7 +160,7 @@ if state["before"] is None:
         f"({time.time() - t0:.0f}s)")
 kl_ctl = ppo.KLController(state["kl_coef"], args.kl_target, args.kl_horizon)
 metrics_path = Path(args.out_last.rstrip("/") + ".metrics.jsonl")  # one line per iteration, beside --out-last
-kept = metrics_path.read_text(encoding="utf-8").splitlines() if resuming and metrics_path.is_file() else []
+kept = metrics_path.read_text(encoding="utf-8").splitlines() if resume and metrics_path.is_file() else []
 kept = [line for line in kept if json.loads(line)["iteration"] <= state["iteration"]]  # drop what the crash lost
 metrics_path.parent.mkdir(parents=True, exist_ok=True)
 metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

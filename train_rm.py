@@ -17,7 +17,6 @@ opens in transformers), with train_args.json and metrics.json; --out-last holds 
 """
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -25,17 +24,18 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, add_market_flags, add_training_flags, fail, load_rows, log,
-                      parser, schedule_notice, setup, stop_if_not_finite, training_args)
+from girl.cli import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, add_market_flags, add_training_flags, barrier, fail, finish,
+                      load_rows, log, optimizer_step, parser, resuming, save_at_eval, setup, start_training,
+                      training_args)
 from girl.files import CheckpointError, write_json
-from girl.lm.checkpoint import load_model, load_optimizer, open_folder, save_model
+from girl.lm.checkpoint import load_model, open_folder, save_model
 from girl.lm.hub import HubError
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import rm_loss
 from girl.reward import encode_triples, pair_scores
 from girl.template import prompt_ids
-from girl.training import Progress, StopRequest, adamw, global_sum, lr_at, set_lr, step_indices
+from girl.training import Progress, StopRequest, global_sum, lr_at, set_lr, step_indices
 
 p = parser(__doc__)
 # Model
@@ -82,9 +82,7 @@ if args.feedback != "log" and not on_market:
 sampling = on_market and args.samples_per_cv > 1  # held-out comparisons of samples are measured whatever U learns from
 
 # ----------------------------------------------------------------------------- tokenizer, G and U
-resuming = args.resume and (Path(args.out_last) / "trainer_state.json").is_file()
-if args.resume and not resuming:
-    log(f"--resume: no state in {args.out_last}, starting fresh", rank=rank)
+resume = resuming(args, rank=rank)
 G, g_parameters = None, None
 try:
     if Path(args.sft).is_dir():
@@ -95,7 +93,7 @@ try:
              "samples: run python train_sft.py first (or pass --sft DIR; with --model, --samples-per-cv 0)")
     if builtin or sampling:
         G, g_tok = load_model(args.sft, dtype=torch.float32, device=device), Tokenizer.from_pretrained(args.sft)
-    if resuming:
+    if resume:
         tok = Tokenizer.from_pretrained(args.out_last)
         model = load_model(args.out_last, RewardModel, dtype=torch.float32, device=device)
     elif builtin:
@@ -152,20 +150,9 @@ log(f"data: {len(train)} training triples, {' + '.join(str(len(e)) for e in eval
     f"to --max-len {args.max_len}: {cut}", rank=rank)
 
 # ----------------------------------------------------------------------------- optimizer
-raw_model = model
-if world > 1:
-    model = torch.nn.parallel.DistributedDataParallel(model)
-optimizer = adamw(raw_model, args.lr, args.weight_decay)
-per_step = args.batch_size * args.grad_accum * world
-max_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train) / per_step))
-schedule_notice(len(train), "triples", max_steps, args, rank)
 state = {"step": 0, "best_eval_loss": float("inf"), "train_tokens": 0, "initial_eval": None}
-if resuming:
-    try:
-        state = load_optimizer(args.out_last, raw_model, optimizer)
-    except CheckpointError as e:
-        fail(str(e))
-    log(f"resuming at step {state['step']} from {args.out_last}", rank=rank)
+raw_model = model
+model, optimizer, max_steps, state = start_training(raw_model, args, run, len(train), "triples", state, resume)
 
 # ----------------------------------------------------------------------------- training loop
 # held-out loss and accuracy on real JDs and, when there are any, on G's samples; `loss` (their mean) picks the best U
@@ -191,27 +178,19 @@ for step in range(state["step"], max_steps):
         correct += (r_pos > r_neg).sum().item()
         tokens += sum(len(p) + len(n) for p, n in pairs)
     loss_sum = global_sum(loss_sum, world, device)
-    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
-    stop_if_not_finite(step + 1, args.out_last, loss=loss_sum, grad_norm=grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = optimizer_step(raw_model, optimizer, args, step, loss_sum)
     state["train_tokens"] += tokens * world
     state["step"] = step + 1
     progress.step(step, tokens * world, loss=loss_sum, acc=correct / sum(map(len, micro)), lr=lr, grad_norm=grad_norm)
     if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
         if rank == 0:
             e = evaluation.rm_eval(raw_model, evals, pad_id, args.batch_size, args.margin, args.center_coef, autocast)
-            improved = e["loss"] < state["best_eval_loss"]
-            if improved:
-                state["best_eval_loss"], state["best_eval"] = e["loss"], e
-                save_model(args.out, raw_model, tok, args)
-            save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
+            improved = save_at_eval(args, state, e["loss"], raw_model, tok, optimizer, best_eval=e)
             log(f"eval loss {e['eval_loss']:.4f}  accuracy {e['eval_accuracy']:.4f}"
                 + (f"  on G's samples: loss {e['samples_eval_loss']:.4f}  accuracy {e['samples_eval_accuracy']:.4f}"
                    if "samples_" in evals else "")
                 + (f"  saved best to {args.out}" if improved else ""))
-        if world > 1:
-            torch.distributed.barrier()
+        barrier(world)
     if stop.requested(world, device) and step + 1 < max_steps:
         stop.exit(f"step {step + 1}", args.out_last, rank, world,
                   save=lambda: save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state))
@@ -233,6 +212,4 @@ if rank == 0:
     write_json(Path(args.out) / "metrics.json", metrics)
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     log(f"wrote {args.out}/ (best by eval loss) and {args.out_last}/ (resumable)")
-if world > 1:  # every rank waits for rank 0's final evaluation, then all leave together
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+finish(world)

@@ -20,17 +20,17 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import (COUNT, COUNT0, add_market_flags, add_training_flags, fail, load_rows, log, parser, schedule_notice, setup,
-                      stop_if_not_finite, training_args)
+from girl.cli import (COUNT, COUNT0, add_market_flags, add_training_flags, barrier, fail, finish, load_rows, log, optimizer_step,
+                      parser, resuming, save_at_eval, setup, start_training, training_args)
 from girl.data import IGNORE, collate, sft_examples
 from girl.files import CheckpointError, write_json
-from girl.lm.checkpoint import load_model, load_optimizer, save_model
+from girl.lm.checkpoint import load_model, save_model
 from girl.lm.hub import HubError
 from girl.lm.model import Config, Transformer
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import sft_loss
 from girl.template import TEMPLATE, prompt_ids
-from girl.training import Progress, StopRequest, adamw, global_sum, lr_at, set_lr, step_indices
+from girl.training import Progress, StopRequest, global_sum, lr_at, set_lr, step_indices
 
 p = parser(__doc__)
 # Model
@@ -60,11 +60,9 @@ train_rows, eval_rows, mdir = load_rows(args, "sft", run)
 on_market = mdir is not None
 
 # ----------------------------------------------------------------------------- tokenizer and model
-resuming = args.resume and (Path(args.out_last) / "trainer_state.json").is_file()
-if args.resume and not resuming:
-    log(f"--resume: no state in {args.out_last}, starting fresh", rank=rank)
+resume = resuming(args, rank=rank)
 try:
-    if resuming:
+    if resume:
         tok = Tokenizer.from_pretrained(args.out_last)
         model = load_model(args.out_last, dtype=torch.float32, device=device)
     elif builtin:
@@ -91,20 +89,9 @@ log(f"data: {len(train)} training pairs, {len(evals)} held-out; cut to --max-len
     f"{cv_cut} CVs, {jd_cut} JDs", rank=rank)
 
 # ----------------------------------------------------------------------------- optimizer
-raw_model = model
-if world > 1:
-    model = torch.nn.parallel.DistributedDataParallel(model)
-optimizer = adamw(raw_model, args.lr, args.weight_decay)
-per_step = args.batch_size * args.grad_accum * world
-max_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train) / per_step))
-schedule_notice(len(train), "pairs", max_steps, args, rank)
 state = {"step": 0, "best_eval_loss": float("inf"), "train_tokens": 0, "initial_eval_loss": None}
-if resuming:
-    try:
-        state = load_optimizer(args.out_last, raw_model, optimizer)
-    except CheckpointError as e:
-        fail(str(e))
-    log(f"resuming at step {state['step']} from {args.out_last}", rank=rank)
+raw_model = model
+model, optimizer, max_steps, state = start_training(raw_model, args, run, len(train), "pairs", state, resume)
 
 # ----------------------------------------------------------------------------- training loop
 if state["initial_eval_loss"] is None:
@@ -130,10 +117,7 @@ for step in range(state["step"], max_steps):
         loss.backward()
         loss_sum += loss.item() / world
     loss_sum = global_sum(loss_sum, world, device)
-    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
-    stop_if_not_finite(step + 1, args.out_last, loss=loss_sum, grad_norm=grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = optimizer_step(raw_model, optimizer, args, step, loss_sum)
     tokens = sum(int(b["attention_mask"].sum()) for b in micro)
     state["train_tokens"] += tokens * world
     state["step"] = step + 1
@@ -141,14 +125,9 @@ for step in range(state["step"], max_steps):
     if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
         if rank == 0:
             loss = evaluation.sft_eval_loss(raw_model, evals, pad_id, args.batch_size, autocast)
-            improved = loss < state["best_eval_loss"]
-            if improved:
-                state["best_eval_loss"] = loss
-                save_model(args.out, raw_model, tok, args)
-            save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
+            improved = save_at_eval(args, state, loss, raw_model, tok, optimizer)
             log(f"eval loss {loss:.4f} (ppl {math.exp(loss):.2f}){'  saved best to ' + args.out if improved else ''}")
-        if world > 1:
-            torch.distributed.barrier()
+        barrier(world)
     if stop.requested(world, device) and step + 1 < max_steps:
         stop.exit(f"step {step + 1}", args.out_last, rank, world,
                   save=lambda: save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state))
@@ -176,6 +155,4 @@ if rank == 0:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "example"}
     log(json.dumps(shown, ensure_ascii=False))
     log(f"wrote {args.out}/ (best by eval loss) and {args.out_last}/ (resumable)")
-if world > 1:  # every rank waits for rank 0's final evaluation, then all leave together
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+finish(world)

@@ -1,8 +1,9 @@
 """What the stage scripts share: their common flags, the run's set-up (torchrun, device, autocast), the
-data a stage reads, and how a script stops on bad input.
+data a stage reads, the pieces of a supervised training loop, and how a script stops on bad input.
 
     run = setup(args.seed)              # run.rank, run.world, run.device, run.autocast()
     train, held_out, market_dir = load_rows(args, "sft", run)
+    model, optimizer, max_steps, state = start_training(raw_model, args, run, len(train), "pairs", state, resume)
 """
 
 import argparse
@@ -19,10 +20,11 @@ import torch
 from girl import market
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, recover
-from girl.lm.checkpoint import load_model
+from girl.lm.checkpoint import load_model, load_optimizer, save_model
 from girl.lm.hub import HubError
 from girl.lm.tokenizer import Tokenizer
 from girl.template import TEMPLATE, prompt_ids, template_overhead
+from girl.training import adamw
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -170,6 +172,67 @@ def stop_if_not_finite(step: int, out_last, unit: str = "step", **losses: float)
          "data, then run again (with --resume to go on from that state)")
 
 
+# ----------------------------------------------------------------------------- a supervised training loop
+# (train_sft.py and train_rm.py; PPO's iterations differ and keep their own)
+
+def resuming(args, state_file: str = "trainer_state.json", rank: int = 0) -> bool:
+    """Whether --resume finds a resumable state in --out-last (and a notice when it does not)."""
+    found = args.resume and (Path(args.out_last) / state_file).is_file()
+    if args.resume and not found:
+        log(f"--resume: no state in {args.out_last}, starting fresh", rank=rank)
+    return found
+
+
+def start_training(raw_model, args, run: Run, n: int, unit: str, state: dict, resume: bool):
+    """(the model to call, AdamW, the number of optimizer steps, the loop's state): DDP under torchrun, and
+    with --resume the optimizer's moments and the state saved in --out-last."""
+    model = torch.nn.parallel.DistributedDataParallel(raw_model) if run.world > 1 else raw_model
+    optimizer = adamw(raw_model, args.lr, args.weight_decay)
+    max_steps = args.max_steps or max(1, math.ceil(args.epochs * n / (args.batch_size * args.grad_accum * run.world)))
+    schedule_notice(n, unit, max_steps, args, run.rank)
+    if resume:
+        try:
+            state = load_optimizer(args.out_last, raw_model, optimizer)
+        except CheckpointError as e:
+            fail(str(e))
+        log(f"resuming at step {state['step']} from {args.out_last}", rank=run.rank)
+    return model, optimizer, max_steps, state
+
+
+def optimizer_step(raw_model, optimizer, args, step: int, loss: float) -> float:
+    """Clip the gradient's norm to --grad-clip, stop on a loss or norm that is not finite (before anything of
+    the step is applied), then step and zero the gradients; the norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
+    stop_if_not_finite(step + 1, args.out_last, loss=loss, grad_norm=grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def save_at_eval(args, state: dict, loss: float, raw_model, tok, optimizer, **best) -> bool:
+    """At an evaluation (rank 0): the model to --out if its held-out loss is the best so far (`best` goes
+    into the state with it), then the resumable state to --out-last. Whether it was the best."""
+    improved = loss < state["best_eval_loss"]
+    if improved:
+        state.update(best_eval_loss=loss, **best)
+        save_model(args.out, raw_model, tok, args)
+    save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
+    return improved
+
+
+def barrier(world: int):
+    """Every process waits here for the others (nothing to wait for in one)."""
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def finish(world: int):
+    """Every rank waits for rank 0's final evaluation and save, then all leave together."""
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- data and models
 
 def load_rows(args, schema: str, run: Run):
@@ -181,8 +244,7 @@ def load_rows(args, schema: str, run: Run):
     try:
         if args.data is None:
             folder = market.ensure(args.market_dir, args.lang, args.seed) if run.rank == 0 else Path(args.market_dir)
-            if run.world > 1:
-                torch.distributed.barrier()
+            barrier(run.world)
             return (read_jsonl(folder / f"{schema}_train.jsonl", schema),
                     read_jsonl(folder / f"{schema}_eval.jsonl", schema), folder)
         rows = read_jsonl(args.data, schema)
