@@ -25,10 +25,10 @@ import torch
 
 from girl import evaluation, market
 from girl.cli import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, add_market_flags, add_training_flags, barrier, fail, finish,
-                      load_rows, log, optimizer_step, parser, resuming, save_at_eval, setup, start_training,
+                      load_rows, log, optimizer_step, parser, resuming, save_at_eval, save_state, setup, start_training,
                       training_args)
 from girl.files import CheckpointError, write_json
-from girl.lm.checkpoint import load_model, open_folder, save_model
+from girl.lm.checkpoint import load_model, open_folder
 from girl.lm.hub import HubError
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.tokenizer import Tokenizer
@@ -69,7 +69,7 @@ p.add_argument("--center-coef", type=NONNEGATIVE, default=0.0, help="Î· of the Î
 args = training_args(p)
 builtin = args.model == "builtin"
 
-run = setup(args.seed)
+run = setup(args.seed, fsdp=args.fsdp)
 rank, world, device, autocast = run.rank, run.world, run.device, run.autocast
 
 # ----------------------------------------------------------------------------- data
@@ -177,23 +177,24 @@ for step in range(state["step"], max_steps):
         loss_sum += loss.item() / world
         correct += (r_pos > r_neg).sum().item()
         tokens += sum(len(p) + len(n) for p, n in pairs)
-    loss_sum = global_sum(loss_sum, world, device)
+    step_sums = global_sum({"loss": loss_sum, "correct": correct, "tokens": tokens}, world, device)
+    loss_sum, tokens = step_sums["loss"], int(step_sums["tokens"])
     grad_norm = optimizer_step(raw_model, optimizer, args, step, loss_sum)
-    state["train_tokens"] += tokens * world
+    state["train_tokens"] += tokens
     state["step"] = step + 1
-    progress.step(step, tokens * world, loss=loss_sum, acc=correct / sum(map(len, micro)), lr=lr, grad_norm=grad_norm)
+    progress.step(step, tokens, loss=loss_sum, acc=step_sums["correct"] / n_pairs, lr=lr, grad_norm=grad_norm)
     if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
-        if rank == 0:
+        if rank == 0 or run.sharded:  # a sharded model's forward and save need every process
             e = evaluation.rm_eval(raw_model, evals, pad_id, args.batch_size, args.margin, args.center_coef, autocast)
-            improved = save_at_eval(args, state, e["loss"], raw_model, tok, optimizer, best_eval=e)
+            improved = save_at_eval(args, run, state, e["loss"], raw_model, tok, optimizer, best_eval=e)
             log(f"eval loss {e['eval_loss']:.4f}  accuracy {e['eval_accuracy']:.4f}"
                 + (f"  on G's samples: loss {e['samples_eval_loss']:.4f}  accuracy {e['samples_eval_accuracy']:.4f}"
                    if "samples_" in evals else "")
-                + (f"  saved best to {args.out}" if improved else ""))
+                + (f"  saved best to {args.out}" if improved else ""), rank=rank)
         barrier(world)
     if stop.requested(world, device) and step + 1 < max_steps:
         stop.exit(f"step {step + 1}", args.out_last, rank, world,
-                  save=lambda: save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state))
+                  save=lambda: save_state(args, run, raw_model, tok, optimizer, state))
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final metrics

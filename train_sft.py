@@ -21,10 +21,10 @@ import torch
 
 from girl import evaluation, market
 from girl.cli import (COUNT, COUNT0, add_market_flags, add_training_flags, barrier, fail, finish, load_rows, log, optimizer_step,
-                      parser, resuming, save_at_eval, setup, start_training, training_args)
+                      parser, resuming, save_at_eval, save_state, setup, start_training, training_args)
 from girl.data import IGNORE, collate, sft_examples
 from girl.files import CheckpointError, write_json
-from girl.lm.checkpoint import load_model, save_model
+from girl.lm.checkpoint import load_model
 from girl.lm.hub import HubError
 from girl.lm.model import Config, Transformer
 from girl.lm.tokenizer import Tokenizer
@@ -52,7 +52,7 @@ p.add_argument("--max-new-tokens", type=COUNT, default=96, help="JD length limit
 args = training_args(p)
 builtin = args.model == "builtin"
 
-run = setup(args.seed)
+run = setup(args.seed, fsdp=args.fsdp)
 rank, world, device, autocast = run.rank, run.world, run.device, run.autocast
 
 # ----------------------------------------------------------------------------- data
@@ -116,21 +116,22 @@ for step in range(state["step"], max_steps):
         loss = sft_loss(logits, b["labels"].to(device), reduction="sum") * world / targets
         loss.backward()
         loss_sum += loss.item() / world
-    loss_sum = global_sum(loss_sum, world, device)
+    step_sums = global_sum({"loss": loss_sum, "tokens": sum(int(b["attention_mask"].sum()) for b in micro)}, world, device)
+    loss_sum, tokens = step_sums["loss"], int(step_sums["tokens"])
     grad_norm = optimizer_step(raw_model, optimizer, args, step, loss_sum)
-    tokens = sum(int(b["attention_mask"].sum()) for b in micro)
-    state["train_tokens"] += tokens * world
+    state["train_tokens"] += tokens
     state["step"] = step + 1
-    progress.step(step, tokens * world, loss=loss_sum, lr=lr, grad_norm=grad_norm)
+    progress.step(step, tokens, loss=loss_sum, lr=lr, grad_norm=grad_norm)
     if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
-        if rank == 0:
+        if rank == 0 or run.sharded:  # a sharded model's forward and save need every process
             loss = evaluation.sft_eval_loss(raw_model, evals, pad_id, args.batch_size, autocast)
-            improved = save_at_eval(args, state, loss, raw_model, tok, optimizer)
-            log(f"eval loss {loss:.4f} (ppl {math.exp(loss):.2f}){'  saved best to ' + args.out if improved else ''}")
+            improved = save_at_eval(args, run, state, loss, raw_model, tok, optimizer)
+            log(f"eval loss {loss:.4f} (ppl {math.exp(loss):.2f}){'  saved best to ' + args.out if improved else ''}",
+                rank=rank)
         barrier(world)
     if stop.requested(world, device) and step + 1 < max_steps:
         stop.exit(f"step {step + 1}", args.out_last, rank, world,
-                  save=lambda: save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state))
+                  save=lambda: save_state(args, run, raw_model, tok, optimizer, state))
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final evaluation

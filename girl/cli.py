@@ -24,7 +24,7 @@ from girl.lm.checkpoint import load_model, load_optimizer, save_model
 from girl.lm.hub import HubError
 from girl.lm.tokenizer import Tokenizer
 from girl.template import TEMPLATE, prompt_ids, template_overhead
-from girl.training import adamw
+from girl.training import adamw, clip_grad_norm, shard
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -91,6 +91,13 @@ def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, ev
     p.add_argument("--out-last", help="latest checkpoint + optimizer state for --resume (default: OUT-last)")
     p.add_argument("--resume", action="store_true", help="continue from --out-last")
     p.add_argument("--log-every", type=COUNT, default=10, help="progress line every N steps (default: 10)")
+    add_fsdp_flag(p)
+
+
+def add_fsdp_flag(p):
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the trained model's weights, gradients and AdamW moments over the "
+                        "processes (FSDP2, fully_shard per block) instead of a whole copy on each (DDP)")
 
 
 def schedule_notice(n: int, unit: str, max_steps: int, args, rank: int = 0):
@@ -129,10 +136,12 @@ class Run:
     world: int
     device: torch.device
     autocast: Callable  # autocast() is a context: bf16 on CUDA, nothing on CPU (bf16 matmul is slow there)
+    sharded: bool = False  # FSDP2: a trained model's forward, evaluation and save need every process
 
 
-def setup(seed: int | None = None, distributed: bool = True) -> Run:
-    """The device, and under torchrun (WORLD_SIZE > 1) the process group and this process's rank."""
+def setup(seed: int | None = None, distributed: bool = True, fsdp: bool = False) -> Run:
+    """The device, and under torchrun (WORLD_SIZE > 1) the process group and this process's rank; with fsdp,
+    the trained models are to be sharded over the processes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -147,7 +156,7 @@ def setup(seed: int | None = None, distributed: bool = True) -> Run:
     if seed is not None:
         torch.manual_seed(seed)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (lambda: torch.autocast("cpu", enabled=False))
-    return Run(rank, world, device, autocast)
+    return Run(rank, world, device, autocast, sharded=fsdp and world > 1)
 
 
 def log(*args, rank: int = 0):
@@ -184,9 +193,13 @@ def resuming(args, state_file: str = "trainer_state.json", rank: int = 0) -> boo
 
 
 def start_training(raw_model, args, run: Run, n: int, unit: str, state: dict, resume: bool):
-    """(the model to call, AdamW, the number of optimizer steps, the loop's state): DDP under torchrun, and
-    with --resume the optimizer's moments and the state saved in --out-last."""
-    model = torch.nn.parallel.DistributedDataParallel(raw_model) if run.world > 1 else raw_model
+    """(the model to call, AdamW, the number of optimizer steps, the loop's state): under torchrun DDP, or with
+    --fsdp the model sharded in place; with --resume the optimizer's moments and the state saved in --out-last."""
+    model = parallel(raw_model, run)
+    if run.sharded:
+        mine = sum(p.to_local().numel() for p in raw_model.parameters())
+        log(f"FSDP: each of {run.world} processes holds {mine / 1e6:.3f}M of the {raw_model.num_parameters() / 1e6:.3f}M "
+            "parameters, their gradients and AdamW moments", rank=run.rank)
     optimizer = adamw(raw_model, args.lr, args.weight_decay)
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * n / (args.batch_size * args.grad_accum * run.world)))
     schedule_notice(n, unit, max_steps, args, run.rank)
@@ -202,22 +215,40 @@ def start_training(raw_model, args, run: Run, n: int, unit: str, state: dict, re
 def optimizer_step(raw_model, optimizer, args, step: int, loss: float) -> float:
     """Clip the gradient's norm to --grad-clip, stop on a loss or norm that is not finite (before anything of
     the step is applied), then step and zero the gradients; the norm before clipping."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip).item()
+    grad_norm = clip_grad_norm(raw_model, args.grad_clip)
     stop_if_not_finite(step + 1, args.out_last, loss=loss, grad_norm=grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
-def save_at_eval(args, state: dict, loss: float, raw_model, tok, optimizer, **best) -> bool:
-    """At an evaluation (rank 0): the model to --out if its held-out loss is the best so far (`best` goes
-    into the state with it), then the resumable state to --out-last. Whether it was the best."""
+def parallel(raw_model, run: Run):
+    """The trained model as the loop calls it: itself in one process; under torchrun wrapped by DDP, which
+    averages the gradients, or sharded in place by FSDP2 (run.sharded), which reduce-scatters them."""
+    if run.sharded:
+        return shard(raw_model, run.world, run.device)
+    if run.world > 1:
+        return torch.nn.parallel.DistributedDataParallel(raw_model, broadcast_buffers=False)
+    return raw_model
+
+
+def save_at_eval(args, run: Run, state: dict, loss: float, raw_model, tok, optimizer, **best) -> bool:
+    """At an evaluation (rank 0, or every process of a sharded model): the model to --out if its held-out loss
+    is the best so far (`best` goes into the state with it), then the resumable state to --out-last. Whether
+    it was the best."""
     improved = loss < state["best_eval_loss"]
     if improved:
         state.update(best_eval_loss=loss, **best)
         save_model(args.out, raw_model, tok, args)
-    save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
+    save_state(args, run, raw_model, tok, optimizer, state)
     return improved
+
+
+def save_state(args, run: Run, raw_model, tok, optimizer, state: dict):
+    """The resumable state (weights, AdamW's moments, the loop's counters) to --out-last, written by rank 0;
+    every process may call it, and every process must when the model is sharded."""
+    if run.rank == 0 or run.sharded:
+        save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
 
 
 def barrier(world: int):

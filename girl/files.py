@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -45,7 +45,8 @@ def recover(out_dir):
     out = Path(out_dir)
     old = out.with_name(f".{out.name}.old")
     if not out.exists() and old.is_dir():
-        os.replace(old, out)
+        with suppress(FileNotFoundError):  # another process of a torchrun job put it back first
+            os.replace(old, out)
     for tmp in out.parent.glob(f".{out.name}.tmp-*") if out.parent.is_dir() else []:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -13,6 +13,10 @@ One PPO iteration, as train_ppo.py runs it:
     batch = rollout(actor, prompts, ...)              1. sample J′ for each CV (girl/lm/sampling.py)
     scores = shaped_scores(U(C, J′), ...)              2. score (the caller's job: U, or any function)
     stats = update(actor, critic, ref, batch, scores)  3-5. KL-penalised rewards, GAE, K epochs of clipped updates
+
+Under torchrun each of the `world` processes samples and scores its share of the CVs (rows rank::world),
+and gather_rollout gives every process the whole batch; update() then computes rewards, GAE, whitening and
+every statistic on the whole batch, and splits only the forward and backward passes (see update).
 """
 
 import contextlib
@@ -20,9 +24,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from girl.lm.sampling import Rollout, response_logprobs
 from girl.losses import masked_mean, masked_var, masked_whiten, policy_loss, value_loss
+from girl.training import clip_grad_norm, global_sum
 
 
 def shaped_scores(u: torch.Tensor, ended: torch.Tensor, mean: float, std: float, no_eos_score: float) -> torch.Tensor:
@@ -118,16 +124,23 @@ class PPOConfig:
 
 def response_values(critic, ids, attention_mask, prompt_len: int) -> torch.Tensor:
     """V(s_t) [B, N]: the critic's head at the position just before response token t."""
-    return critic.values(ids, attention_mask)[:, prompt_len - 1 : -1].float()
+    return critic(ids, attention_mask, every_position=True)[:, prompt_len - 1 : -1].float()
 
 
 def update(actor, critic, ref, batch: Rollout, scores: torch.Tensor, kl_coef: float, cfg: PPOConfig,
-           actor_opt, critic_opt, autocast=contextlib.nullcontext, generator: torch.Generator | None = None) -> dict:
+           actor_opt, critic_opt, autocast=contextlib.nullcontext, generator: torch.Generator | None = None,
+           rank: int = 0, world: int = 1) -> dict:
     """Steps 3-5 on one batch of rollouts; returns the iteration's statistics.
 
     The old log-probs and values are computed minibatch by minibatch in the order of the first epoch,
     so that epoch's first minibatch sees identical inputs and weights: ρ = 1 exactly there (the
     model has no dropout). The reference model and U are never updated.
+
+    Under torchrun (world > 1) every process holds the whole batch and draws the same minibatches; process
+    `rank` runs the forward and backward passes of rows rank::world of each, with its loss weighted by its
+    share of the minibatch's tokens, so that DDP's average of the gradients (the caller wraps actor and
+    critic in DistributedDataParallel) is the gradient of the whole minibatch's loss. The minibatch size must
+    be a multiple of world.
     """
     B, mask = len(batch.ids), batch.mask
     first_order = torch.arange(B, device=mask.device)
@@ -135,10 +148,11 @@ def update(actor, critic, ref, batch: Rollout, scores: torch.Tensor, kl_coef: fl
     logp_old, values_old, logp_ref = (torch.zeros(mask.shape, device=mask.device) for _ in range(3))
     with torch.no_grad(), autocast():
         for idx in chunks(first_order):
-            args = (batch.ids[idx], batch.attention_mask[idx], batch.prompt_len)
-            logp_old[idx] = response_logprobs(actor, *args, cfg.temperature)[0]
-            logp_ref[idx] = response_logprobs(ref, *args, cfg.temperature)[0]
-            values_old[idx] = response_values(critic, *args)
+            mine = idx[rank::world]
+            args = (batch.ids[mine], batch.attention_mask[mine], batch.prompt_len)
+            logp_old[idx] = gather_rows(response_logprobs(actor, *args, cfg.temperature)[0], world)
+            logp_ref[idx] = gather_rows(response_logprobs(ref, *args, cfg.temperature)[0], world)
+            values_old[idx] = gather_rows(response_values(critic, *args), world)
     kl = kl_penalty(logp_old, logp_ref, cfg.kl_estimator) * mask
     rewards = per_token_rewards(scores, kl, mask, kl_coef)
     advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
@@ -152,23 +166,28 @@ def update(actor, critic, ref, batch: Rollout, scores: torch.Tensor, kl_coef: fl
         where = generator.device if generator is not None else mask.device
         order = first_order if epoch == 0 else torch.randperm(B, generator=generator, device=where).to(mask.device)
         for idx in chunks(order):
-            args = (batch.ids[idx], batch.attention_mask[idx], batch.prompt_len)
+            mine = idx[rank::world]
+            args = (batch.ids[mine], batch.attention_mask[mine], batch.prompt_len)
             with autocast():
                 logp, entropy = response_logprobs(actor, *args, cfg.temperature)
                 values = response_values(critic, *args)
-            m = mask[idx]
+            m = mask[mine]
+            share = (m.sum() / mask[idx].sum()).item()  # this process's part of the minibatch's tokens (1 alone)
+            pg_loss, st = policy_loss(logp, logp_old[mine], advantages[mine], m, cfg.clip)
+            vf_loss = value_loss(values, values_old[mine], returns[mine], m, cfg.value_clip)
+            ((pg_loss + cfg.vf_coef * vf_loss) * (share * world)).backward()
+            st.update(policy_loss=pg_loss.item(), value_loss=vf_loss.item(), entropy=masked_mean(entropy, m).item())
             if first_ratio_error is None:
-                first_ratio_error = masked_mean((logp - logp_old[idx]).abs(), m).item()
-            pg_loss, st = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.clip)
-            vf_loss = value_loss(values, values_old[idx], returns[idx], m, cfg.value_clip)
-            (pg_loss + cfg.vf_coef * vf_loss).backward()
-            st["grad_norm_actor"] = torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.grad_clip).item()
-            st["grad_norm_critic"] = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip).item()
+                st["first_minibatch_logratio"] = masked_mean((logp - logp_old[mine]).abs(), m).item()
+            if world > 1:  # each process's means, weighted by its share of the tokens, summed: the minibatch's means
+                st = global_sum({k: v * share for k, v in st.items()}, world, mask.device)
+            first_ratio_error = st.pop("first_minibatch_logratio", first_ratio_error)
+            st["grad_norm_actor"] = clip_grad_norm(actor, cfg.grad_clip)
+            st["grad_norm_critic"] = clip_grad_norm(critic, cfg.grad_clip)
             actor_opt.step()
             critic_opt.step()
             actor_opt.zero_grad(set_to_none=True)
             critic_opt.zero_grad(set_to_none=True)
-            st.update(policy_loss=pg_loss.item(), value_loss=vf_loss.item(), entropy=masked_mean(entropy, m).item())
             for k, v in st.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -181,3 +200,30 @@ def update(actor, critic, ref, batch: Rollout, scores: torch.Tensor, kl_coef: fl
         explained_variance=explained_variance(values_old, returns, mask),
         first_minibatch_logratio=first_ratio_error)
     return stats
+
+
+# ----------------------------------------------------------------------------- several processes (torchrun)
+
+def gather_rows(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Every process's rows, back in the batch's order: process r holds rows r, r + world, r + 2·world, ...
+    All shares must have the same shape."""
+    if world == 1:
+        return x
+    share = x.to(torch.uint8) if x.dtype == torch.bool else x.contiguous()  # gloo does not carry bool
+    parts = [torch.empty_like(share) for _ in range(world)]
+    torch.distributed.all_gather(parts, share)
+    return torch.stack(parts, 1).flatten(0, 1).to(x.dtype)
+
+
+def gather_rollout(batch: Rollout, prompt_len: int, pad_id: int, world: int) -> Rollout:
+    """The whole batch of rollouts on every process, laid out as one process would have sampled it: prompts
+    left-padded to prompt_len (the batch's longest), responses right-padded to the longest of any process."""
+    if world == 1:
+        return batch
+    n = torch.tensor([batch.mask.shape[1]], device=batch.ids.device)
+    torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
+    left, right = prompt_len - batch.prompt_len, int(n) - batch.mask.shape[1]
+    prompt, response = batch.ids[:, : batch.prompt_len], batch.response
+    ids = torch.cat([F.pad(prompt, (left, 0), value=0), F.pad(response, (0, right), value=pad_id)], 1)
+    return Rollout(gather_rows(ids, world), gather_rows(F.pad(batch.attention_mask, (left, right)), world), prompt_len,
+                   gather_rows(F.pad(batch.mask, (0, right)), world), gather_rows(batch.ended, world))

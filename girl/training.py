@@ -1,13 +1,17 @@
 """What the training loops share: AdamW and its parameter groups, the learning-rate schedule, the data
-order of a step, the progress line, and stopping cleanly on a signal."""
+order of a step, sums over processes, FSDP2's sharding, the progress line, and stopping cleanly on a signal."""
 
 import math
 import signal
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -55,13 +59,52 @@ def step_indices(step: int, n: int, batch_size: int, grad_accum: int, seed: int,
     return [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
 
 
-def global_sum(x: float, world: int, device=None) -> float:
-    """x summed over every process (x itself with one): a step's token count or loss, the same on every rank."""
+def global_sum(x: float | dict, world: int, device=None) -> float | dict:
+    """x summed over every process (x itself with one): a step's token count or loss, the same on every rank;
+    a dict of them is summed key by key, in one all-reduce."""
     if world == 1:
         return x
-    t = torch.tensor([x], dtype=torch.float64, device=device)
+    values = list(x.values()) if isinstance(x, dict) else [x]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
-    return t.item()
+    return dict(zip(x, t.tolist())) if isinstance(x, dict) else t.item()
+
+
+def shard(model: nn.Module, world: int, device: torch.device) -> nn.Module:
+    """FSDP2: split the parameters over the `world` processes, each block as one unit (gathered for its forward
+    and backward, then freed), then the rest (embeddings, final norm, heads). Gradients are reduce-scattered
+    (averaged, as DDP averages them) and AdamW keeps the moments of its shard only. In place; returns model."""
+    mesh = init_device_mesh(device.type, (world,))
+    backbone = getattr(model, "backbone", model)  # a RewardModel's blocks are its backbone's
+    for block in backbone.layers:
+        fully_shard(block, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+@contextmanager
+def gathered(model: nn.Module, sharded: bool):
+    """A model sharded by FSDP2, whole on every process for a while (entering is a collective: every process
+    must): its forward passes then need no other process, so each may sample a different number of tokens,
+    or rank 0 alone evaluate. It costs the whole model's weights on each device meanwhile."""
+    if not sharded:
+        yield model
+        return
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    model.set_reshard_after_forward(False)
+    for m in units:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in units:
+            m.reshard()
+        model.set_reshard_after_forward(True)
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip the gradient's global norm to max_norm; return the norm before clipping (over every shard's part)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
 
 
 class Progress:
@@ -92,7 +135,7 @@ class StopRequest:
         for step in ...:
             ...
             if stop.requested(world, device):
-                stop.exit(f"step {step + 1}", out_last, rank, world, save=lambda: save_model(out_last, ...))
+                stop.exit(f"step {step + 1}", out_last, rank, world, save=lambda: save_state(...))
     """
 
     def __init__(self):
@@ -116,9 +159,10 @@ class StopRequest:
         return bool(flag.item())
 
     def exit(self, after: str, out_last, rank: int = 0, world: int = 1, save=None):
-        """Rank 0 runs save() (when the state is not saved already); no rank leaves before it is done, since
-        torchrun would stop the others; then say how to go on and exit."""
-        if save is not None and rank == 0:
+        """Every process runs save() (when the state is not saved already; it writes from rank 0 alone, and a
+        sharded model's save needs every process); no rank leaves before it is done, since torchrun would stop
+        the others; then say how to go on and exit."""
+        if save is not None:
             save()
         if world > 1:
             torch.distributed.barrier()

@@ -263,7 +263,7 @@ def reference_update(actor, critic, ref, batch, scores, beta, cfg, lr, seed):
         return logp_all.gather(-1, batch.ids[rows, P:, None])[..., 0], -(logp_all.exp() * logp_all).sum(-1)
 
     def values_of(rows):  # V(s_t): the critic's head at the position before token t
-        return critic.values(batch.ids[rows], batch.attention_mask[rows])[:, P - 1 : -1]
+        return critic(batch.ids[rows], batch.attention_mask[rows], every_position=True)[:, P - 1 : -1]
 
     everyone = torch.arange(B)
     with torch.no_grad():

@@ -171,6 +171,26 @@ def test_generate_draws_from_the_models_tempered_distribution():
         assert abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p)), (token, count, n * p)
 
 
+def test_a_row_with_its_own_generator_draws_the_same_whatever_the_batch(stories):
+    """With one generator per prompt (PPO's rollouts), a prompt's J′ depends on its generator alone: sampled
+    in a batch of three or alone, or in another order, it is the same sequence. That is what lets the
+    processes of a torchrun job each sample a share of the batch and get what one process would."""
+    def rngs(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batch = generate(stories, PROMPTS, max_new_tokens=40, eos_id=2, temperature=1.0, generator=rngs([11, 12, 13]))
+    swapped = generate(stories, PROMPTS[::-1], max_new_tokens=40, eos_id=2, temperature=1.0, generator=rngs([13, 12, 11]))
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate(stories, [prompt], max_new_tokens=40, eos_id=2, temperature=1.0, generator=rngs([11 + i]))
+        n = int(alone.mask[0].sum())
+        assert batch.tokens[i][batch.mask[i]].tolist() == alone.tokens[0, :n].tolist()
+        j = len(PROMPTS) - 1 - i
+        assert swapped.tokens[j][swapped.mask[j]].tolist() == alone.tokens[0, :n].tolist()
+    # and the rows' own generators are used: other seeds give other J′
+    other = generate(stories, PROMPTS, max_new_tokens=40, eos_id=2, temperature=1.0, generator=rngs([21, 22, 23]))
+    assert other.tokens.tolist() != batch.tokens.tolist()
+
+
 def test_left_pad():
     ids, mask = left_pad([[7, 8, 9], [5]], pad_id=0)
     assert ids.tolist() == [[7, 8, 9], [0, 0, 5]]

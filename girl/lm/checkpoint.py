@@ -7,7 +7,8 @@
 A checkpoint is an ordinary Hugging Face folder (config.json, model.safetensors or sharded
 model.safetensors.index.json, tokenizer.json), so transformers, TRL or vLLM can open what we write.
 Weights are read from safetensors only: pickled .bin files can run code when loaded. Every folder is
-written whole or not at all (girl/files.py).
+written whole or not at all (girl/files.py). A model sharded by FSDP2 (`fully_shard`) is saved whole too:
+every process calls save_model, the shards are gathered to rank 0, and rank 0 writes.
 """
 
 import json
@@ -16,6 +17,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
 
 from girl.files import CheckpointError, atomic_dir, plain_file_name, write_json
 from girl.lm import hub
@@ -151,11 +155,20 @@ def load_optimizer(folder, model: torch.nn.Module, optimizer: torch.optim.Optimi
     except (SafetensorError, FileNotFoundError) as e:
         raise CheckpointError(f"{folder / 'optimizer.safetensors'}: no readable optimizer state ({e}); this folder "
                               "cannot be resumed: run without --resume, or point --out-last at a whole state") from None
-    params = dict(model.named_parameters())
-    for key, value in tensors.items():
-        name, slot = key.split("::")
-        p = params[name]
-        optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
+    if is_sharded(model):  # every process reads the whole state and keeps its shard
+        slots = {}
+        for key, value in tensors.items():
+            name, slot = key.split("::")
+            slots.setdefault(name, {})[slot] = value
+        groups = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))["param_groups"]
+        set_optimizer_state_dict(model, optimizer, {"state": slots, "param_groups": groups},
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        params = dict(model.named_parameters())
+        for key, value in tensors.items():
+            name, slot = key.split("::")
+            p = params[name]
+            optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
     return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
 
 
@@ -167,12 +180,15 @@ def save_model(folder, model, tokenizer=None, args=None, metrics: dict | None = 
     the tokenizer, train_args.json (vars(args)), metrics.json, and with an optimizer the resumable state
     (AdamW's moments as safetensors under parameter names, the loop's counters as trainer_state.json; no
     pickles). `files`: more files to put in, name -> bytes.
+    A model sharded by FSDP2: every process must call this; the shards are gathered and rank 0 writes.
     """
+    weights, moments = whole_state(model, optimizer)
+    if weights is None:  # a process other than rank 0 of a sharded model: its part is done
+        return
     with atomic_dir(folder) as tmp:
         score_head = isinstance(model, RewardModel)
         dtype = next(model.parameters()).dtype
-        save_file(to_hf(model.state_dict(), model.config, score_head), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(to_hf(weights, model.config, score_head), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", config_to_hf(model.config, dtype, score_head))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -180,15 +196,37 @@ def save_model(folder, model, tokenizer=None, args=None, metrics: dict | None = 
             write_json(tmp / "train_args.json", vars(args))
         if metrics is not None:
             write_json(tmp / "metrics.json", metrics)
-        if optimizer is not None:
-            names = {id(p): n for n, p in model.named_parameters()}
-            moments = {f"{names[id(p)]}::{key}": value.detach().cpu().contiguous().reshape(value.shape)
-                       for group in optimizer.param_groups for p in group["params"]
-                       for key, value in optimizer.state.get(p, {}).items()}
+        if moments is not None:
             save_file(moments, str(tmp / "optimizer.safetensors"))
             write_json(tmp / "trainer_state.json", state)
         for name, data in (files or {}).items():
             (tmp / name).write_bytes(data)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 split the model's parameters over processes (they are DTensors)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def whole_state(model, optimizer=None) -> tuple[dict | None, dict | None]:
+    """The weights under our names and AdamW's moments under "name::slot" (None without an optimizer), as whole
+    tensors on the CPU. A sharded model's are gathered to rank 0: every process must call this, and the others
+    get (None, None)."""
+    if is_sharded(model):
+        whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=whole)  # on rank 0; {} on the others
+        slots = get_optimizer_state_dict(model, optimizer, options=whole).get("state") if optimizer else None
+        if torch.distributed.get_rank() != 0:
+            return None, None
+        moments = None if optimizer is None else {f"{name}::{slot}": value.contiguous() for name, values in slots.items()
+                                                  for slot, value in values.items()}
+        return weights, moments
+    if optimizer is None:
+        return model.state_dict(), None
+    names = {id(p): n for n, p in model.named_parameters()}
+    return model.state_dict(), {f"{names[id(p)]}::{key}": value.detach().cpu().contiguous().reshape(value.shape)
+                                for group in optimizer.param_groups for p in group["params"]
+                                for key, value in optimizer.state.get(p, {}).items()}
 
 
 def train_args(folder) -> dict:

@@ -258,15 +258,14 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(config.dim, 1, bias=False)
         nn.init.normal_(self.head.weight, std=1 / math.sqrt(config.dim + 1))  # reward std ~1 at the start
 
-    def forward(self, input_ids, attention_mask=None):
-        """Scores [B] of the sequences input_ids [B, T]."""
+    def forward(self, input_ids, attention_mask=None, every_position: bool = False):
+        """Scores [B] of the sequences input_ids [B, T]; with every_position, the head at every position [B, T]:
+        PPO's critic V(s_t), which starts as U's own head."""
         h = self.backbone.hidden_states(input_ids, attention_mask)
+        if every_position:
+            return self.head(h).squeeze(-1)
         last = last_token_index(attention_mask, *input_ids.shape, input_ids.device)
         return self.head(h[torch.arange(len(h), device=h.device), last]).squeeze(-1)
-
-    def values(self, input_ids, attention_mask=None):
-        """The head at every position, [B, T]: PPO's critic V(s_t), which starts as U's own head."""
-        return self.head(self.backbone.hidden_states(input_ids, attention_mask)).squeeze(-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -53,7 +53,11 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None):
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
-    """Pick one token per row of logits [B, V]; return it and its log-prob under softmax(logits / T)."""
+    """Pick one token per row of logits [B, V]; return it and its log-prob under softmax(logits / T).
+
+    generator: one torch.Generator for the whole batch, or a list of them, one per row: then a row's draw
+    depends on its own generator alone, not on which other rows share the batch (PPO's rollouts, which
+    must be the same whichever process of a torchrun job samples them)."""
     logits = logits.float() / temperature
     logprobs = F.log_softmax(logits, dim=-1)
     if greedy:
@@ -68,7 +72,11 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, g
             probs = sorted_logits.softmax(dim=-1)
             drop = probs.cumsum(dim=-1) - probs >= top_p  # mass before this token already suffices
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        probs = logits.softmax(dim=-1)
+        if isinstance(generator, list):
+            token = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator, strict=True)])
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
@@ -83,7 +91,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     greedy: bool = False,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> Generation:
     """Continue each prompt until it emits eos_id or max_new_tokens are written.
 
@@ -146,9 +154,10 @@ class Rollout:
 
 
 def rollout(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
-            temperature: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
+            temperature: float = 1.0, generator: torch.Generator | list[torch.Generator] | None = None) -> Rollout:
     """One response per prompt from the plain tempered softmax (no top-k/top-p: the policy PPO trains
-    and KL is measured for), returned as whole sequences that response_logprobs can replay."""
+    and KL is measured for), returned as whole sequences that response_logprobs can replay.
+    generator: one for the batch, or one per prompt (see sample_next)."""
     out = generate(model, prompts, max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
                    generator=generator)
     ended = ((out.tokens == eos_id) & out.mask).any(-1)
