@@ -268,6 +268,6 @@ if rank == 0:
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                     if not k.startswith("example")}))
     log(f"wrote {args.out}/ (the new G) and {args.out_last}/ (resumable)")
-finish(world)
 if rank == 0 and math.isnan(after["reward"]):
-    fail("the reward became NaN; lower --lr")
+    fail("the reward became NaN; lower --lr")  # torchrun stops the other processes
+finish(world)

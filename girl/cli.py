@@ -24,7 +24,7 @@ from girl.lm.checkpoint import load_model, load_optimizer, save_model
 from girl.lm.hub import HubError
 from girl.lm.tokenizer import Tokenizer
 from girl.template import TEMPLATE, prompt_ids, template_overhead
-from girl.training import adamw, clip_grad_norm, shard
+from girl.training import adamw, clip_grad_norm, leave, shard
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -258,10 +258,10 @@ def barrier(world: int):
 
 
 def finish(world: int):
-    """Every rank waits for rank 0's final evaluation and save, then all leave together."""
+    """Every rank waits for rank 0's final evaluation and save, then all leave together (see leave)."""
     if world > 1:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        leave(0)
 
 
 # ----------------------------------------------------------------------------- data and models

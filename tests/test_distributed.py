@@ -42,7 +42,8 @@ def python(*args):
 def torchrun(*args):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         *map(str, args)], capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
-    assert r.returncode == 0, "\n".join(line for line in r.stderr.splitlines() if "[rank" in line or "rror" in line)[-6000:]
+    told = [line for line in r.stderr.splitlines() if any(w in line for w in ("[rank", "rror", "terminate", "exitcode"))]
+    assert r.returncode == 0, "\n".join(told)[-6000:]
     return r
 
 
@@ -89,23 +90,30 @@ def sft_args(world, *extra):
             "--eval-every", "4", "--oracle-cvs", "0", "--eval-examples", "8", "--log-every", "1", *extra]
 
 
+@pytest.fixture(scope="module")
+def sft_one(world):
+    """One process's 4 SFT steps, batch 8: what each two-process run must compute. (folder, stdout)"""
+    r = python(*sft_args(world, "--max-steps", "4"), "--batch-size", "8", "--out", world / "sft-one")
+    return world / "sft-one", r.stdout
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_sft_two_processes_equal_one(world, tmp_path, parallel):
-    one = python(*sft_args(world, "--max-steps", "4"), "--batch-size", "8", "--out", tmp_path / "one")
+def test_sft_two_processes_equal_one(world, sft_one, tmp_path, parallel):
+    one = sft_one[0]
     two = torchrun(*sft_args(world, "--max-steps", "4", *(["--fsdp"] if parallel == "fsdp" else [])),
                    "--batch-size", "4", "--out", tmp_path / "two")
-    assert_same_run(tmp_path / "one", tmp_path / "two", weights(world / "g0"), one.stdout, two.stdout, 1.0)
+    assert_same_run(one, tmp_path / "two", weights(world / "g0"), sft_one[1], two.stdout, 1.0)
     if parallel == "fsdp":  # sharded indeed: each process holds about half of the parameters
         held, total = (float(v.rstrip("M")) for v in two.stdout.split("processes holds ")[1].split()[:4:3])
         assert abs(held / total - 0.5) < 0.01, (held, total)
-    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "one", tmp_path / "two"))
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, tmp_path / "two"))
     assert m1["train_tokens"] == m2["train_tokens"]
     # the saved G opens as any G does and computes what one process's does
     x = tokens_of(world / "g0")
-    g0, g1, g2 = (load_model(f)(x) for f in (world / "g0", tmp_path / "one", tmp_path / "two"))
+    g0, g1, g2 = (load_model(f)(x) for f in (world / "g0", one, tmp_path / "two"))
     assert (g1 - g2).abs().max() <= 1e-2 * (g1 - g0).abs().max()
     # AdamW's moments, gathered from the shards under FSDP, are one process's
-    a, b = (load_file(str(d / "optimizer.safetensors")) for d in (tmp_path / "one-last", tmp_path / "two-last"))
+    a, b = (load_file(str(d / "optimizer.safetensors")) for d in (world / "sft-one-last", tmp_path / "two-last"))
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert distance(a, b) <= 1e-2 * distance(a, {k: torch.zeros_like(v) for k, v in a.items()})
 
@@ -122,21 +130,34 @@ def test_sft_fsdp_resumes_exactly(world, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
 
 
+RM_ARGS = ["--data", "data/rm_train.jsonl", "--eval-data", "data/rm_eval.jsonl", "--lang", "en", "--warmup", "1",
+           "--eval-every", "4", "--log-every", "1"]
+
+
+def rm_args(world, *extra):
+    return [ROOT / "train_rm.py", "--sft", world / "g0", *(world / a if a.startswith("data/") else a for a in RM_ARGS),
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def rm_one(world):
+    """U after one step (the start the distance is measured from) and one process's 4 steps, batch 8."""
+    python(*rm_args(world, "--batch-size", "8", "--max-steps", "1", "--out", world / "rm-start"))
+    r = python(*rm_args(world, "--batch-size", "8", "--max-steps", "4", "--out", world / "rm-one"))
+    return world / "rm-one", r.stdout
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_rm_two_processes_equal_one(world, tmp_path, parallel):
-    common = [ROOT / "train_rm.py", "--sft", world / "g0", "--data", world / "data" / "rm_train.jsonl",
-              "--eval-data", world / "data" / "rm_eval.jsonl", "--lang", "en", "--warmup", "1", "--eval-every", "4",
-              "--log-every", "1"]
-    start = python(*common, "--batch-size", "8", "--max-steps", "1", "--out", tmp_path / "start")  # after step 1
-    one = python(*common, "--batch-size", "8", "--max-steps", "4", "--out", tmp_path / "one")
-    two = torchrun(*common, "--batch-size", "4", "--max-steps", "4", "--out", tmp_path / "two",
-                   *(["--fsdp"] if parallel == "fsdp" else []))
-    assert start.returncode == 0
-    assert_same_run(tmp_path / "one", tmp_path / "two", weights(tmp_path / "start-last"), one.stdout, two.stdout, 1e-2)
-    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "one", tmp_path / "two"))
+def test_rm_two_processes_equal_one(world, rm_one, tmp_path, parallel):
+    one = rm_one[0]
+    two = torchrun(*rm_args(world, "--batch-size", "4", "--max-steps", "4", "--out", tmp_path / "two",
+                            *(["--fsdp"] if parallel == "fsdp" else [])))
+    start = world / "rm-start-last"
+    assert_same_run(one, tmp_path / "two", weights(start), rm_one[1], two.stdout, 1e-2)
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, tmp_path / "two"))
     assert m1["eval_accuracy"] == m2["eval_accuracy"] and m1["train_tokens"] == m2["train_tokens"]
     x = tokens_of(world / "g0")
-    u0, u1, u2 = (load_model(f, RewardModel)(x) for f in (tmp_path / "start-last", tmp_path / "one", tmp_path / "two"))
+    u0, u1, u2 = (load_model(f, RewardModel)(x) for f in (start, one, tmp_path / "two"))
     assert (u1 - u2).abs().max() <= 1e-2 * (u1 - u0).abs().max()
 
 
@@ -161,10 +182,19 @@ def ppo_args(d, *extra):
             "--eval-cvs", "4", "--save-every", "1", *extra]
 
 
+@pytest.fixture(scope="module")
+def ppo_one(ppo_init):
+    """One process's 3 PPO iterations of 8 CVs, minibatches of 4."""
+    python(*ppo_args(ppo_init, "--iterations", "3", "--batch-size", "8", "--minibatch-size", "4", "--out",
+                     ppo_init / "ppo-one"))
+    return ppo_init / "ppo-one"
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_ppo_two_processes_equal_one(ppo_init, tmp_path, parallel):
+def test_ppo_two_processes_equal_one(ppo_init, ppo_one, tmp_path, parallel):
     d = ppo_init
-    python(*ppo_args(d, "--iterations", "3", "--batch-size", "8", "--minibatch-size", "4", "--out", tmp_path / "one"))
+    (tmp_path / "one").symlink_to(ppo_one)
+    (tmp_path / "one-last").symlink_to(ppo_one.with_name("ppo-one-last"))
     torchrun(*ppo_args(d, "--iterations", "3", "--batch-size", "4", "--minibatch-size", "2", "--out", tmp_path / "two",
                        *(["--fsdp"] if parallel == "fsdp" else [])))
     one, two = ([json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
