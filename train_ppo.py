@@ -4,6 +4,7 @@
     python train_ppo.py --sft my-g/ --rm my-u/ --data cvs.jsonl
     python train_ppo.py --init ckpt/ --resume             # continue an interrupted run
     torchrun --nproc_per_node 4 train_ppo.py --init ckpt/ # each process samples its share of each batch
+    torchrun --nproc_per_node 4 train_ppo.py --init ckpt/ --fsdp   # actor and critic sharded (FSDP2)
 
 Four models: the actor (starts as G, becomes the new G), a frozen reference copy of G, the frozen reward
 model U, and the critic (U's backbone, its scalar head read at every token as V(s_t)). Each iteration

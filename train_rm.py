@@ -4,6 +4,7 @@
     python train_rm.py --feedback log                     # the paper's data alone: the application log's triples
     python train_rm.py --model Qwen/Qwen2.5-0.5B --data triples.jsonl --sft ckpt/sft
     python train_rm.py --resume                           # continue an interrupted run
+    torchrun --nproc_per_node 4 train_rm.py [--fsdp]      # several GPUs: DDP, or U sharded (FSDP2)
 
 U(C, J) reads template(C, J) + EOS and gives one scalar. It learns from (C, J+, J−) triples, J+ accepted
 and J− rejected by a recruiter for the same CV, with L_rmt = −log σ(U(C, J+) − U(C, J−)) (girl/losses.py).

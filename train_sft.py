@@ -3,7 +3,8 @@
     python train_sft.py                                   # built-in model on the synthetic market, minutes on a CPU
     python train_sft.py --lang en                         # the English market
     python train_sft.py --model Qwen/Qwen2.5-0.5B --data pairs.jsonl --eval-data held_out.jsonl
-    torchrun --nproc_per_node 4 train_sft.py ...           # data parallel on several GPUs
+    torchrun --nproc_per_node 4 train_sft.py ...           # data parallel on several GPUs (DDP)
+    torchrun --nproc_per_node 4 train_sft.py --fsdp ...    # the model sharded over them (FSDP2)
     python train_sft.py --resume                          # continue an interrupted run
 
 Each pair is rendered with the paper's four-part prompt (girl/template.py); the loss covers the JD and
