@@ -194,13 +194,14 @@ for it in range(state["iteration"], args.iterations):
     picked = step_indices(it, len(train_rows), args.batch_size * world, 1, args.seed)[0]
     rows, prompts = [train_rows[i] for i in picked], [train_prompts[i] for i in picked]
     mine = picked[rank::world]
+    my_prompts = [train_prompts[i] for i in mine]
     rngs = [torch.Generator(device=device).manual_seed((args.seed * 100003 + it) * 1_000_003 + i) for i in mine]
     t0 = time.time()
     with gathered(actor, run.sharded):  # each process samples for as many steps as its J′ need
-        batch = rollout(actor, prompts[rank::world], args.max_new_tokens, tok.eos_id, tok.pad_or_eos_id,
+        batch = rollout(actor, my_prompts, args.max_new_tokens, tok.eos_id, tok.pad_or_eos_id,
                         args.temperature, rngs)
     tokens, _, _ = decoded(tok, batch.response, batch.mask)
-    raw = token_scores(U, prompts[rank::world], tokens, tok.eos_id, tok.pad_or_eos_id, autocast)  # U reads G's tokens
+    raw = token_scores(U, my_prompts, tokens, tok.eos_id, tok.pad_or_eos_id, autocast)  # U reads G's tokens
     batch = ppo.gather_rollout(batch, max(map(len, prompts)), tok.pad_or_eos_id, world)  # the whole batch, everywhere
     raw = ppo.gather_rows(raw, world)
     if state["score_mean"] is None:  # U's scale, measured once on G's first rollouts (see ppo.shaped_scores)
@@ -237,7 +238,7 @@ for it in range(state["iteration"], args.iterations):
                 log(f"eval: {json.dumps({k: round(v, 4) for k, v in e.items() if k != 'example'})}")
     if (it + 1) % args.save_every == 0 or it + 1 == args.iterations or stopping:
         # actor and critic, whole or not at all; rank 0 writes, and a sharded model's save needs every process
-        if rank == 0 or run.sharded:
+        if run.takes_part:
             with atomic_dir(args.out_last) if rank == 0 else nullcontext(Path(args.out_last)) as tmp:
                 save_model(tmp / "actor", actor, tok, args, optimizer=actor_opt, state=state)
                 save_model(tmp / "critic", critic, tok_u, args, optimizer=critic_opt, state=state)
@@ -263,7 +264,7 @@ if rank == 0:
                        oracle_sem_before=before["oracle_sem"], oracle_sem_after=after["oracle_sem"],
                        parse_rate_before=before["parse_rate"], parse_rate_after=after["parse_rate"])
     files = {"metrics.jsonl": metrics_path.read_bytes()}
-if rank == 0 or run.sharded:
+if run.takes_part:
     save_model(args.out, actor, tok, args, metrics=metrics, files=files)
 if rank == 0:
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()

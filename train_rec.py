@@ -42,7 +42,7 @@ from girl.losses import match_loss
 from girl.recommend import (JPrimeCache, Matcher, encode_all, interaction_logits, make_jprimes, save_matcher, score_all,
                             texts_to_batch, warm_split, weights_digest)
 from girl.template import template_overhead
-from girl.training import Progress, adamw, lr_at, set_lr, step_indices
+from girl.training import Progress, adamw, clip_grad_norm, lr_at, set_lr, step_indices
 
 p = parser(__doc__)
 # Models
@@ -188,7 +188,7 @@ for name, use_jprime in (("M0", False), ("M", True)):
             pair_logits = M.score(c.index_select(0, a), j.index_select(0, b), None if jp is None else jp.index_select(0, a))
             loss = match_loss(pair_logits, torch.tensor([float(r["label"]) for r in batch], device=device))
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(M.parameters(), args.grad_clip).item()
+        grad_norm = clip_grad_norm(M, args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         progress.step(step, sum(mask.sum().item() for _, mask in inputs), loss=loss.item(), lr=lr, grad_norm=grad_norm)

@@ -185,7 +185,7 @@ for step in range(state["step"], max_steps):
     state["step"] = step + 1
     progress.step(step, tokens, loss=loss_sum, acc=step_sums["correct"] / n_pairs, lr=lr, grad_norm=grad_norm)
     if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
-        if rank == 0 or run.sharded:  # a sharded model's forward and save need every process
+        if run.takes_part:
             e = evaluation.rm_eval(raw_model, evals, pad_id, args.batch_size, args.margin, args.center_coef, autocast)
             improved = save_at_eval(args, run, state, e["loss"], raw_model, tok, optimizer, best_eval=e)
             log(f"eval loss {e['eval_loss']:.4f}  accuracy {e['eval_accuracy']:.4f}"

@@ -124,7 +124,7 @@ for step in range(state["step"], max_steps):
     state["step"] = step + 1
     progress.step(step, tokens, loss=loss_sum, lr=lr, grad_norm=grad_norm)
     if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
-        if rank == 0 or run.sharded:  # a sharded model's forward and save need every process
+        if run.takes_part:
             loss = evaluation.sft_eval_loss(raw_model, evals, pad_id, args.batch_size, autocast)
             improved = save_at_eval(args, run, state, loss, raw_model, tok, optimizer)
             log(f"eval loss {loss:.4f} (ppl {math.exp(loss):.2f}){'  saved best to ' + args.out if improved else ''}",

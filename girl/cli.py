@@ -138,6 +138,12 @@ class Run:
     autocast: Callable  # autocast() is a context: bf16 on CUDA, nothing on CPU (bf16 matmul is slow there)
     sharded: bool = False  # FSDP2: a trained model's forward, evaluation and save need every process
 
+    @property
+    def takes_part(self) -> bool:
+        """Whether this process runs an evaluation or a save of the whole model: rank 0 alone, or every process
+        when the model is sharded (its forward and its gathering are collectives)."""
+        return self.rank == 0 or self.sharded
+
 
 def setup(seed: int | None = None, distributed: bool = True, fsdp: bool = False) -> Run:
     """The device, and under torchrun (WORLD_SIZE > 1) the process group and this process's rank; with fsdp,
@@ -247,7 +253,7 @@ def save_at_eval(args, run: Run, state: dict, loss: float, raw_model, tok, optim
 def save_state(args, run: Run, raw_model, tok, optimizer, state: dict):
     """The resumable state (weights, AdamW's moments, the loop's counters) to --out-last, written by rank 0;
     every process may call it, and every process must when the model is sharded."""
-    if run.rank == 0 or run.sharded:
+    if run.takes_part:
         save_model(args.out_last, raw_model, tok, args, optimizer=optimizer, state=state)
 
 

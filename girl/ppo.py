@@ -209,9 +209,9 @@ def gather_rows(x: torch.Tensor, world: int) -> torch.Tensor:
     All shares must have the same shape."""
     if world == 1:
         return x
-    share = x.to(torch.uint8) if x.dtype == torch.bool else x.contiguous()  # gloo does not carry bool
-    parts = [torch.empty_like(share) for _ in range(world)]
-    torch.distributed.all_gather(parts, share)
+    rows = x.to(torch.uint8) if x.dtype == torch.bool else x.contiguous()  # gloo does not carry bool
+    parts = [torch.empty_like(rows) for _ in range(world)]
+    torch.distributed.all_gather(parts, rows)
     return torch.stack(parts, 1).flatten(0, 1).to(x.dtype)
 
 

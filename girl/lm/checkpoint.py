@@ -155,20 +155,20 @@ def load_optimizer(folder, model: torch.nn.Module, optimizer: torch.optim.Optimi
     except (SafetensorError, FileNotFoundError) as e:
         raise CheckpointError(f"{folder / 'optimizer.safetensors'}: no readable optimizer state ({e}); this folder "
                               "cannot be resumed: run without --resume, or point --out-last at a whole state") from None
+    slots = {}  # parameter name -> {slot: tensor}
+    for key, value in tensors.items():
+        name, slot = key.split("::")
+        slots.setdefault(name, {})[slot] = value
     if is_sharded(model):  # every process reads the whole state and keeps its shard
-        slots = {}
-        for key, value in tensors.items():
-            name, slot = key.split("::")
-            slots.setdefault(name, {})[slot] = value
         groups = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))["param_groups"]
         set_optimizer_state_dict(model, optimizer, {"state": slots, "param_groups": groups},
                                  options=StateDictOptions(full_state_dict=True))
     else:
         params = dict(model.named_parameters())
-        for key, value in tensors.items():
-            name, slot = key.split("::")
+        for name, values in slots.items():
             p = params[name]
-            optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
+            for slot, value in values.items():
+                optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
     return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
 
 
@@ -221,12 +221,13 @@ def whole_state(model, optimizer=None) -> tuple[dict | None, dict | None]:
         moments = None if optimizer is None else {f"{name}::{slot}": value.contiguous() for name, values in slots.items()
                                                   for slot, value in values.items()}
         return weights, moments
+    weights = model.state_dict()
     if optimizer is None:
-        return model.state_dict(), None
+        return weights, None
     names = {id(p): n for n, p in model.named_parameters()}
-    return model.state_dict(), {f"{names[id(p)]}::{key}": value.detach().cpu().contiguous().reshape(value.shape)
-                                for group in optimizer.param_groups for p in group["params"]
-                                for key, value in optimizer.state.get(p, {}).items()}
+    return weights, {f"{names[id(p)]}::{key}": value.detach().cpu().contiguous().reshape(value.shape)
+                     for group in optimizer.param_groups for p in group["params"]
+                     for key, value in optimizer.state.get(p, {}).items()}
 
 
 def train_args(folder) -> dict:
