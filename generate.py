@@ -30,7 +30,7 @@ from girl.lm.checkpoint import train_args
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.sampling import decoded, generate
 from girl.lm.tokenizer import Tokenizer
-from girl.recommend import encode_all, load_matcher, score_all
+from girl.recommend import cv_features, encode_all, jprime_features, load_matcher
 from girl.reward import u_scores
 from girl.template import TEMPLATE
 
@@ -237,10 +237,11 @@ if M is not None:
     except DataError as e:
         fail(str(e))
     max_len = m_args.get("max_len", 128)
-    j = encode_all(M, tok_m, [r["jd"] for r in job_rows], max_len, autocast=autocast)  # every job once
-    c = encode_all(M, tok_m, [r["cv"] for r in results], max_len, autocast=autocast)
-    jp = encode_all(M, tok_m, [r["jds"][0]["jd"] for r in results], max_len, autocast=autocast)
-    top = torch.sigmoid(score_all(M, c, j, jp if M.use_jprime else None)).topk(min(args.recommend, len(job_rows)))
+    jds = [r["jd"] for r in job_rows]
+    j = encode_all(M, tok_m, jds, max_len, autocast=autocast)  # every job once
+    cj = cv_features(M, tok_m, [r["cv"] for r in results], j, jds, max_len, autocast)
+    jpj = jprime_features(M, tok_m, [r["jds"][0]["jd"] for r in results], j, jds, max_len, autocast) if M.use_jprime else None
+    top = torch.sigmoid(M.logits(cj, jpj)).topk(min(args.recommend, len(job_rows)))
     for i, r in enumerate(results):
         r["jobs"] = [{**({"id": job_rows[k]["id"]} if "id" in job_rows[k] else {}), "jd": job_rows[k]["jd"], "score": v}
                      for v, k in zip(top.values[i].tolist(), top.indices[i].tolist())]

@@ -48,7 +48,7 @@ p.add_argument("--rm", help="U's checkpoint; must share G's tokenizer, since the
                             "(default: INIT/rm)")
 # Data
 p.add_argument("--data", help='JSONL of {"cv"} prompts (default: the market\'s ppo.jsonl)')
-p.add_argument("--eval-data", help='held-out JSONL of {"cv"} (+ "seeker" for the oracle) (default: the market\'s eval.jsonl)')
+p.add_argument("--eval-data", help='held-out JSONL of {"cv"} (+ "seeker" for the oracle) (default: the market\'s validation seekers, val.jsonl)')
 add_market_flags(p)
 p.add_argument("--max-cv-tokens", type=COUNT, default=160, help="longer CVs are cut to this many tokens (default: 160)")
 # Rollout
@@ -101,7 +101,7 @@ try:
         mdir = market.ensure(args.market_dir, args.lang, args.seed) if rank == 0 else Path(args.market_dir)
         barrier(world)  # rank 0 builds the market, once
     train_rows = read_jsonl(args.data or mdir / "ppo.jsonl", "ppo")
-    eval_rows = read_jsonl(args.eval_data or mdir / "eval.jsonl", "ppo")[: args.eval_cvs]
+    eval_rows = read_jsonl(args.eval_data or mdir / "val.jsonl", "ppo")[: args.eval_cvs]
 except DataError as e:
     fail(str(e))
 on_market = all("seeker" in r for r in eval_rows)

@@ -48,7 +48,7 @@ p.add_argument("--sft", default="ckpt/sft", help="G's checkpoint: its tokenizer 
                                                  "comparison (default: ckpt/sft)")
 # Data
 p.add_argument("--data", help='training JSONL of {"cv", "jd_pos", "jd_neg"} (default: the market\'s rm_train.jsonl)')
-p.add_argument("--eval-data", help="held-out triples (default: the market's rm_eval.jsonl; with --data and no "
+p.add_argument("--eval-data", help="held-out triples (default: the market's rm_val.jsonl; with --data and no "
                                    "--eval-data, 5%% of --data is held out)")
 add_market_flags(p)
 p.add_argument("--max-len", type=COUNT, default=256, help="tokens per scored sequence; longer CVs are cut (default: 256)")

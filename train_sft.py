@@ -40,7 +40,7 @@ p.add_argument("--model", default="builtin",
                     "learned from the training data; or a local Hugging Face folder or hub id (gpt2/llama/qwen2)")
 # Data
 p.add_argument("--data", help='training JSONL of {"cv", "jd"} (default: the synthetic market\'s sft_train.jsonl)')
-p.add_argument("--eval-data", help='held-out JSONL of {"cv", "jd"} (default: the market\'s sft_eval.jsonl; '
+p.add_argument("--eval-data", help='held-out JSONL of {"cv", "jd"} (default: the market\'s sft_val.jsonl; '
                                    "with --data and no --eval-data, 5%% of --data is held out)")
 add_market_flags(p)
 p.add_argument("--max-len", type=COUNT, default=256, help="tokens per example; longer CVs, then JDs, are cut (default: 256)")
@@ -48,7 +48,7 @@ p.add_argument("--max-len", type=COUNT, default=256, help="tokens per example; l
 add_training_flags(p, "pairs", lr_builtin=3e-3, lr_pretrained=2e-5, eval_every=100, out="ckpt/sft")
 p.add_argument("--eval-examples", type=COUNT, default=512, help="held-out pairs in the eval loss (default: 512)")
 p.add_argument("--oracle-cvs", type=COUNT0, default=200,
-               help="held-out market CVs whose greedy JDs the oracle scores at the end; 0 skips (default: 200)")
+               help="validation CVs of the market whose greedy JDs the oracle scores at the end; 0 skips (default: 200)")
 p.add_argument("--max-new-tokens", type=COUNT, default=96, help="JD length limit when generating (default: 96)")
 args = training_args(p)
 builtin = args.model == "builtin"
@@ -146,7 +146,7 @@ if rank == 0:
         "cvs_cut": cv_cut, "jds_cut": jd_cut,
     }
     if on_market and args.oracle_cvs > 0:
-        held = market.heldout(mdir, args.oracle_cvs)
+        held = market.heldout(mdir, args.oracle_cvs, "val")
         seekers = market.seekers(held)
         prompts = [prompt_ids(tok, r["cv"], args.lang, args.max_len - args.max_new_tokens)[0] for r in held]
         texts = evaluation.greedy_jds(best, tok, prompts, args.max_new_tokens, autocast, batch_size=100).texts

@@ -14,6 +14,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PPO, SAMPLING, MODEL = "tests/test_ppo.py", "tests/test_sampling.py", "tests/test_model.py"
+LEX, REC = "tests/test_lexical.py", "tests/test_recommend.py"
+MATCHER = ("tests/test_recommend.py::test_late_interaction_by_hand tests/test_recommend.py::test_m0_ignores_jprime_and_m_reads_it "
+           "tests/test_recommend.py::test_a_pairs_logit_does_not_depend_on_the_rest_of_its_batch "
+           "tests/test_recommend.py::test_one_seeker_against_every_job_is_pair_by_pair "
+           "tests/test_recommend.py::test_matcher_saved_and_reloaded_scores_the_same")
 DIST_PPO = "tests/test_distributed.py::test_ppo_two_processes_equal_one[ddp]"
 
 FAULTS = [
@@ -91,6 +96,59 @@ FAULTS = [
      "every greedy row decodes the SFT model", "tests/test_generate.py::test_eval_table"),
     ("girl/evaluation.py", "0.0 if ref is None else statistics.fmean(s.kl)", "0.0 if ref is None else -statistics.fmean(s.kl)",
      "the table's KL to SFT negated", "tests/test_generate.py::test_eval_table"),
+    # the lexical reference and the metrics against scikit-learn
+    ("girl/lexical.py", "self.idf = np.array([math.log((1 + len(texts)) / (1 + df[g])) + 1 for g in grams])",
+     "self.idf = np.array([math.log(len(texts) / df[g]) + 1 for g in grams])", "idf not smoothed", LEX),
+    ("girl/lexical.py", "    text = _RUNS_OF_SPACE.sub(\" \", text.lower())", "    text = _RUNS_OF_SPACE.sub(\" \", text)",
+     "the lexical reference is case-sensitive", LEX),
+    ("girl/lexical.py", '_RUNS_OF_SPACE = re.compile(r"\\s\\s+")', '_RUNS_OF_SPACE = re.compile(r"\\s+")',
+     "one space or newline folded like a run", LEX),
+    ("girl/lexical.py", "vals.append(v / np.linalg.norm(v))", "vals.append(v)", "TF-IDF vectors not unit length", LEX),
+    ("girl/lexical.py", "counts = Counter(self.vocabulary[g] for g in char_ngrams(t, self.n_min, self.n_max) if g in",
+     "counts = Counter(self.vocabulary[g] for g in set(char_ngrams(t, self.n_min, self.n_max)) if g in",
+     "binary tf, not counts", LEX),
+    ("girl/ranking.py", "    return float((_midranks(s)[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))",
+     "    return float((np.argsort(np.argsort(s))[y].sum() + n_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))",
+     "AUC breaks ties by position", LEX),
+    # stage 4: the matcher
+    ("girl/recommend.py", "    a_best = sim.masked_fill(~b.mask[..., None, :], -2.0).amax(-1)",
+     "    a_best = sim.amax(-1)", "the matches count the job's padding", MATCHER),
+    ("girl/recommend.py", "    wa = a.weights[..., a_side].masked_fill(~a.mask, -torch.inf).softmax(-1)",
+     "    wa = a.weights[..., a_side].softmax(-1)", "the seeker's padding weighted", MATCHER),
+    ("girl/recommend.py", "    wa = a.weights[..., a_side].masked_fill(~a.mask, -torch.inf).softmax(-1)",
+     "    wa = a.weights[..., 1].masked_fill(~a.mask, -torch.inf).softmax(-1)", "a CV's tokens weighted as a job's", MATCHER),
+    ("girl/recommend.py", "        features = torch.cat([cj, jpj], -1) if self.use_jprime else cj",
+     "        features = torch.cat([cj, cj], -1) if self.use_jprime else cj", "M reads C twice, not J′", MATCHER),
+    ("girl/recommend.py", "            self.head.weight.zero_()[0, :3] = torch.tensor([SIM_INIT, SIM_INIT, LEX_INIT])",
+     "            self.head.weight.fill_(1.0)", "the head does not start from the lexical score", MATCHER),
+    ("girl/recommend.py", "        return Tokens(F.normalize(self.proj(h), dim=-1), self.token_weight(h), attention_mask.bool())",
+     "        return Tokens(self.proj(h), self.token_weight(h), attention_mask.bool())", "token vectors not unit length",
+     MATCHER),
+    ("girl/recommend.py", '    for name in ("proj", "token_weight", "head"):\n        getattr(M, name).load_state_dict',
+     '    for name in ("proj", "head"):\n        getattr(M, name).load_state_dict', "the token weights not loaded", MATCHER),
+    ("train_rec.py", "            if best is None or not v[\"score\"] <= best[0][\"score\"]:",
+     "            if True:", "stage 4 keeps the last step, not the best on validation",
+     "tests/test_recommend.py::test_train_rec_keeps_the_best_validation_step"),
+    ("train_rec.py", "    lc, lj = lexical.cosine(cvs_r, jds_r), lexical.cosine([jprime[c] for c in cvs_r], jds_r)",
+     "    lc, lj = lexical.cosine(cvs_r, jds_r[::-1]), lexical.cosine([jprime[c] for c in cvs_r], jds_r)", "the lexical rows score other pairs",
+     "tests/test_recommend.py::test_train_rec_on_a_tiny_market"),
+    # validation is not test
+    ("girl/cli.py", 'read_jsonl(folder / f"{schema}_val.jsonl", schema), folder)',
+     'read_jsonl(folder / f"{schema}_test.jsonl", schema), folder)', "SFT and U choose on the test seekers",
+     "tests/test_validation.py"),
+    ("train_ppo.py", 'eval_rows = read_jsonl(args.eval_data or mdir / "val.jsonl", "ppo")[: args.eval_cvs]',
+     'eval_rows = read_jsonl(args.eval_data or mdir / "test.jsonl", "ppo")[: args.eval_cvs]',
+     "PPO measures itself on the test seekers", "tests/test_validation.py"),
+    ("train_sft.py", 'held = market.heldout(mdir, args.oracle_cvs, "val")', 'held = market.heldout(mdir, args.oracle_cvs)',
+     "SFT's oracle reads the test seekers", "tests/test_validation.py"),
+    ("girl/market/splits.py", '                files[f"interactions_{split}"] += seen', '                files["interactions_val"] += seen',
+     "test seekers' applications in the validation file", "tests/test_market.py::test_build_writes_disjoint_splits"),
+    ("girl/data.py", "        order = sorted(c for c in by_cv if any(y for _, y in by_cv[c]) == stratum)",
+     "        order = sorted(c for c in by_cv if stratum) if stratum else []",
+     "the log's split ignores who was ever accepted",
+     "tests/test_sft.py::test_build_from_interaction_log_gives_every_part_accepted_applications"),
+    ("girl/data.py", "            files[\"rec_train\"] += seen", "            files[\"sft_train\"] += [{\"cv\": cv, \"jd\": j} for j in pos]",
+     "M's seekers given to G", "tests/test_sft.py::test_build_from_interaction_log_gives_every_part_accepted_applications"),
     # N processes compute what one does
     ("train_sft.py", "targets = global_sum(sum((b[\"labels\"][:, 1:] != IGNORE).sum().item() for b in micro), world, device)",
      "targets = sum((b[\"labels\"][:, 1:] != IGNORE).sum().item() for b in micro)",

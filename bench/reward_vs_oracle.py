@@ -25,7 +25,7 @@ from girl.template import prompt_ids  # noqa: E402
 
 K, LANG, MAX_NEW = 8, "zh", 96
 G, U, tok = load_model("ckpt/sft"), load_model("ckpt/rm", RewardModel), Tokenizer.from_pretrained("ckpt/sft")
-rows = [json.loads(line) for line in open("data/eval.jsonl", encoding="utf-8")][200:300]  # not SFT's 200 eval CVs
+rows = [json.loads(line) for line in open("data/test.jsonl", encoding="utf-8")][200:300]  # not the 200 of generate.py --eval
 
 prompts = [prompt_ids(tok, r["cv"], LANG)[0] for r in rows for _ in range(K)]
 out = generate(G, prompts, MAX_NEW, eos_id=tok.eos_id, temperature=1.0, generator=torch.Generator().manual_seed(0))

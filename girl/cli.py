@@ -276,14 +276,15 @@ def load_rows(args, schema: str, run: Run):
     """(training rows, held-out rows, market folder or None) for a stage whose data is `schema`.
 
     --data given: that file, and --eval-data or else 5% of --data held out. Otherwise the synthetic
-    market's <schema>_train.jsonl and <schema>_eval.jsonl, built on first use (by rank 0).
+    market's <schema>_train.jsonl and <schema>_val.jsonl (its validation seekers: a stage chooses its
+    checkpoint on them, never on the test seekers), built on first use (by rank 0).
     """
     try:
         if args.data is None:
             folder = market.ensure(args.market_dir, args.lang, args.seed) if run.rank == 0 else Path(args.market_dir)
             barrier(run.world)
             return (read_jsonl(folder / f"{schema}_train.jsonl", schema),
-                    read_jsonl(folder / f"{schema}_eval.jsonl", schema), folder)
+                    read_jsonl(folder / f"{schema}_val.jsonl", schema), folder)
         rows = read_jsonl(args.data, schema)
         if args.eval_data:
             return rows, read_jsonl(args.eval_data, schema), None

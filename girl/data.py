@@ -122,13 +122,23 @@ def collate(examples: list[dict], pad_id: int) -> dict:
 
 # ----------------------------------------------------------------------------- interaction log -> splits
 
-def build_from_log(cvs_path, jds_path, log_path, out_dir, seed: int = 0, ppo_frac: float = 0.1,
-                   eval_frac: float = 0.1) -> dict:
-    """Split an interaction log the way the paper uses it, by CV:
+FRACTIONS = dict(test=0.1, val=0.1, ppo=0.1, rec=0.2)  # shares of the CVs; the rest is G's (SFT)
 
-    held-out CVs (eval_frac) -> their interactions are interactions_test; the PPO CVs (ppo_frac) are
-    used only as prompts (ppo.jsonl); every other CV gives its accepted JDs to sft_train, a
-    (J+, J-) triple per accepted/rejected pair to rm_train, and its interactions to interactions_train.
+
+def build_from_log(cvs_path, jds_path, log_path, out_dir, seed: int = 0, fractions: dict = FRACTIONS) -> dict:
+    """Split an interaction log the way the market is split, by CV, so that no CV is in two parts:
+
+        test   held out from every stage: sft_test, rm_test, interactions_test, test.jsonl (final reports only)
+        val    held out from every stage: sft_val, rm_val, interactions_val, val.jsonl (what chooses checkpoints)
+        ppo    prompts only (ppo.jsonl)
+        rec    M's training seekers (rec_train.jsonl), whom G never learned from; their (J+, J−) triples go
+               to rm_train
+        rest   G's: accepted JDs to sft_train, triples to rm_train
+
+    A real log has few accepted applications, and a part without any is useless (M cannot learn from
+    rejections alone, nor be measured on them). So the CVs with an accepted application and the others are
+    split separately, each by the same fractions: every part gets its share of both.
+    Returns the rows of each file and the accepted applications of each part ("positives").
     """
     cvs = {str(r["id"]): r["cv"] for r in read_jsonl(cvs_path, "cvs")}
     jds = {str(r["id"]): r["jd"] for r in read_jsonl(jds_path, "jds")}
@@ -139,25 +149,48 @@ def build_from_log(cvs_path, jds_path, log_path, out_dir, seed: int = 0, ppo_fra
             if key not in table:
                 raise DataError(f"{log_path}:{n}: id {key!r} is not in {path}")
         by_cv.setdefault(cv_id, []).append((jd_id, row["label"]))
-    order = sorted(by_cv)
-    random.Random(seed).shuffle(order)
-    n_eval, n_ppo = round(len(order) * eval_frac), round(len(order) * ppo_frac)
-    held, ppo, rest = order[:n_eval], order[n_eval : n_eval + n_ppo], order[n_eval + n_ppo :]
-    files = {"sft_train": [], "rm_train": [], "interactions_train": [], "interactions_test": [],
-             "ppo": [{"cv": cvs[c]} for c in ppo]}
-    for c in held:
-        files["interactions_test"] += [{"cv": cvs[c], "jd": jds[j], "label": y} for j, y in by_cv[c]]
-    for c in rest:
-        pos = [j for j, y in by_cv[c] if y == 1]
-        neg = [j for j, y in by_cv[c] if y == 0]
-        files["sft_train"] += [{"cv": cvs[c], "jd": jds[j]} for j in pos]
-        files["rm_train"] += [{"cv": cvs[c], "jd_pos": jds[p], "jd_neg": jds[q]} for p, q in zip(pos, neg)]
-        files["interactions_train"] += [{"cv": cvs[c], "jd": jds[j], "label": y} for j, y in by_cv[c]]
+    rng = random.Random(seed)
+    part_of: dict[str, str] = {}
+    for stratum in (True, False):  # CVs with an accepted application, then the others
+        order = sorted(c for c in by_cv if any(y for _, y in by_cv[c]) == stratum)
+        rng.shuffle(order)
+        start = 0
+        for part, share in fractions.items():
+            n = round(len(order) * share)
+            part_of |= dict.fromkeys(order[start : start + n], part)
+            start += n
+        part_of |= dict.fromkeys(order[start:], "sft")
+    files: dict[str, list] = {name: [] for name in (
+        "sft_train", "rm_train", "interactions_train", "rec_train", "ppo",
+        *(f"{prefix}{part}" for part in ("val", "test") for prefix in ("", "sft_", "rm_", "interactions_")))}
+    positives = dict.fromkeys(("sft", "rec", "val", "test"), 0)
+    for c, part in part_of.items():
+        cv = cvs[c]
+        pos = [jds[j] for j, y in by_cv[c] if y == 1]
+        neg = [jds[j] for j, y in by_cv[c] if y == 0]
+        seen = [{"cv": cv, "jd": jds[j], "label": y} for j, y in by_cv[c]]
+        triples = [{"cv": cv, "jd_pos": p, "jd_neg": q} for p, q in zip(pos, neg)]
+        if part == "ppo":
+            files["ppo"].append({"cv": cv})
+            continue
+        positives[part] += len(pos)
+        if part in ("val", "test"):
+            files[part].append({"cv": cv})
+            files[f"sft_{part}"] += [{"cv": cv, "jd": j} for j in pos]
+            files[f"rm_{part}"] += triples
+            files[f"interactions_{part}"] += seen
+            continue
+        files["rm_train"] += triples
+        files["interactions_train"] += seen
+        if part == "rec":
+            files["rec_train"] += seen
+        else:
+            files["sft_train"] += [{"cv": cv, "jd": j} for j in pos]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
         write_jsonl(out / f"{name}.jsonl", rows)
-    return {name: len(rows) for name, rows in files.items()}
+    return {name: len(rows) for name, rows in files.items()} | {"positives": positives}
 
 
 if __name__ == "__main__":
@@ -169,10 +202,17 @@ if __name__ == "__main__":
     b.add_argument("--log", required=True, help='JSONL of {"cv_id", "jd_id", "label": 0 or 1}')
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--seed", type=int, default=0, help="seed of the split by CV")
-    b.add_argument("--ppo-frac", type=float, default=0.1, help="share of CVs kept for PPO prompts only")
-    b.add_argument("--eval-frac", type=float, default=0.1, help="share of CVs held out for evaluation")
+    for part, what in (("test", "held out for the final reports only"), ("val", "held out to choose checkpoints"),
+                       ("ppo", "kept for PPO prompts only"), ("rec", "M's training seekers, whom G never learns from")):
+        b.add_argument(f"--{part}-frac", type=float, default=FRACTIONS[part],
+                       help=f"share of CVs {what} (default: {FRACTIONS[part]:g})")
     a = p.parse_args()
+    shares = {part: getattr(a, f"{part}_frac") for part in FRACTIONS}
+    if not all(0 <= v < 1 for v in shares.values()) or sum(shares.values()) >= 1:
+        p.error(f"each --*-frac must be in [0, 1) and together below 1 (G needs CVs too), got {shares}")
     try:
-        print(json.dumps(build_from_log(a.cvs, a.jds, a.log, a.out, a.seed, a.ppo_frac, a.eval_frac)))
+        counts = build_from_log(a.cvs, a.jds, a.log, a.out, a.seed, shares)
     except DataError as e:
         raise SystemExit(f"error: {e}")
+    print(json.dumps(counts))
+    print("accepted applications per part: " + ", ".join(f"{k} {v}" for k, v in counts["positives"].items()))

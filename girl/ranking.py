@@ -179,32 +179,36 @@ def ranking_report(scores: dict, gains: np.ndarray, relevant: np.ndarray, k: int
 
 
 def markdown(metrics: dict, k: int) -> str:
-    """train_rec.py's tables: each split's metrics per model and M − M0 with its 95% interval."""
+    """train_rec.py's tables: each split's systems (learned ones beside the references) and the differences
+    with their 95% paired intervals. LogLoss only for the matchers, whose scores are logits."""
     def interval(d):
         return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
+    def systems(m, keys):
+        return [n for n, v in m.items() if isinstance(v, dict) and keys[0] in v and not isinstance(v[keys[0]], dict)]
+
+    def differences(m, keys):
+        return [n for n, v in m.items() if isinstance(v, dict) and keys[0] in v and isinstance(v[keys[0]], dict)]
+
     out = []
-    for split, title in (("cold", "cold-start seekers (never seen by any stage)"), ("warm", "warm seekers (held-out interactions of M's training seekers)")):
+    for split, title in (("cold", "cold-start test seekers (never seen by any stage)"),
+                         ("warm", "warm seekers (held-out interactions of M's training seekers)")):
         if split not in metrics:
             continue
-        m = metrics[split]
-        out += [f"**{title}**: {m['n_interactions']} interactions of {m['n_seekers']} seekers", "",
-                "| model | AUC | GAUC | LogLoss |", "|---|---:|---:|---:|"]
-        out += [f"| {n} | {m[n]['auc']:.3f} | {m[n]['gauc']:.3f} | {m[n]['log_loss']:.4f} |" for n in ("M", "M0")]
-        d = m["M - M0"]
-        out += [f"| M − M0 (95% CI) | {interval(d['auc'])} | {interval(d['gauc'])} | {interval(d['log_loss'])} |", ""]
+        m, keys = metrics[split], ("auc", "gauc", "log_loss")
+        out += [f"**{title}**: {m['n_interactions']} interactions of {m['n_seekers']} seekers, "
+                f"{m['positive_rate']:.1%} accepted", "", "| scored by | AUC | GAUC | LogLoss |", "|---|---:|---:|---:|"]
+        out += [f"| {n} | {m[n]['auc']:.3f} | {m[n]['gauc']:.3f} | "
+                + (f"{m[n]['log_loss']:.4f} |" if n.startswith("M") else "– |") for n in systems(m, keys)]
+        out += [f"| {n} (95% CI) | {interval(m[n]['auc'])} | {interval(m[n]['gauc'])} | "
+                + (f"{interval(m[n]['log_loss'])} |" if all(x.startswith("M") for x in n.split(" - ")) else "– |")
+                for n in differences(m, keys)] + [""]
     if "ranking" in metrics:
-        r = metrics["ranking"]
-        out += [f"**ranking every job for {r['n_seekers']} held-out seekers**, graded by the oracle's f "
-                f"(relevant for recall: f ≥ 0.6); J′ of these seekers: oracle {r['jprime_oracle']['oracle']:.3f}, "
-                f"parse rate {r['jprime_oracle']['parse_rate']:.3f}", "",
-                f"| ranking by | NDCG@{k} | recall@{k} |", "|---|---:|---:|"]
-        for name in r:
-            if isinstance(r[name], dict) and f"ndcg@{k}" in r[name]:
-                v = r[name]
-                if isinstance(v[f"ndcg@{k}"], dict):
-                    out.append(f"| {name} (95% CI) | {interval(v[f'ndcg@{k}'])} | {interval(v[f'recall@{k}'])} |")
-                else:
-                    out.append(f"| {name} | {v[f'ndcg@{k}']:.3f} | {v[f'recall@{k}']:.3f} |")
+        r, keys = metrics["ranking"], (f"ndcg@{k}", f"recall@{k}")
+        out += [f"**ranking every job for {r['n_seekers']} test seekers**, graded by the oracle's f (relevant for "
+                f"recall: f ≥ 0.6); their J′: oracle {r['jprime_oracle']['oracle']:.3f}, parse rate "
+                f"{r['jprime_oracle']['parse_rate']:.3f}", "", f"| ranking by | NDCG@{k} | recall@{k} |", "|---|---:|---:|"]
+        out += [f"| {n} | {r[n][keys[0]]:.3f} | {r[n][keys[1]]:.3f} |" for n in systems(r, keys)]
+        out += [f"| {n} (95% CI) | {interval(r[n][keys[0]])} | {interval(r[n][keys[1]])} |" for n in differences(r, keys)]
         out.append("")
     return "\n".join(out)

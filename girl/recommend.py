@@ -1,76 +1,143 @@
 """Generation-enhanced recommendation (GIRL §3.4): the matcher M(C, J, J′) → ℝ scores a seeker against a
 real job, reading also the JD J′ that G wrote for the seeker; M0(C, J) is the same matcher without J′.
 
-    M = Matcher.from_generator(G, n_layers=2, use_jprime=True)   # M0: use_jprime=False
-    c, j, jp = (M.encode(*texts_to_batch(tok, texts, max_len)) for texts in (cvs, jds, jprimes))
-    logits = M.score(c, j, jp)                                   # P(accepted) = σ(logits), pair by pair
-    every_job = score_all(M, c, encode_all(M, tok, market_jds, max_len), jp)   # [seekers, jobs]
+    M = Matcher.from_generator(G, n_layers=2, use_jprime=True, lexical=TfIdf().fit(market_jds))  # M0: False
+    logits = interaction_logits(M, tok, rows, jprime, max_len)   # P(accepted) = σ(logits) of {"cv", "jd"} rows
+    j = encode_all(M, tok, market_jds, max_len)                  # every job once, then each seeker against all:
+    every_job = M.logits(cv_features(M, tok, cvs, j, market_jds, max_len), jprime_features(M, tok, jprimes, j, market_jds, max_len))
 
-C, J and J′ are encoded separately by one shared encoder (mean of its last hidden states), so ranking a
-whole market for a seeker costs one encoding per job, once, plus one per seeker. A small MLP reads the
-interaction features [c, j, c⊙j, |c−j|] and, for M, [j′, j′⊙j, |j′−j|]: J′ is written in the language
-of JDs, so comparing it with J is comparing like with like.
+M reads a pair of texts by late interaction (ColBERT, Khattab & Zaharia 2020): one encoder, started from G's
+embeddings and lowest blocks, turns each token into a unit vector; every token of the seeker's text finds its
+best match among the job's tokens and the other way round, and each side's matches are averaged with
+weights the encoder gives its tokens (a CV's years and skills count, its name does not):
 
-A matcher is saved as an ordinary Hugging Face folder (its encoder, which transformers opens as a
-language model) plus matcher.safetensors (the head) and matcher.json. J′ are made once per generator and
-kept in a cache keyed by the generator's weights, the CV and the sampling settings.
+    s(A → B) = Σ_i w_i · max_k cos(a_i, b_k),   w = softmax over A's tokens
+
+A mean-pooled vector of a whole text keeps what it is about and loses which words it holds; token matches
+keep them, and the encoder's context lets "3年" in a CV match "3年以上" in a JD and not "5年以上". Beside the
+learned matches the head reads the training-free lexical reference (girl/lexical.py):
+
+    M0(C, J)     = h · [s(C → J), s(J → C), lex(C, J)] + b
+    M(C, J, J′)  = h · [s(C → J), s(J → C), lex(C, J), s(J′ → J), s(J → J′), lex(J′, J)] + b
+
+h starts with weight LEX_INIT on the lexical scores: M starts from the reference and learns what word overlap
+misses. A job's token vectors are computed once, so ranking a market for a seeker costs one encoding of the
+seeker plus a [seeker tokens × job tokens] product per job.
+
+A matcher is saved as an ordinary Hugging Face folder (its encoder, which transformers opens as a language
+model) plus matcher.safetensors (token projection, token weights, head), matcher.json and the fitted
+lexical reference (lexical.json). J′ are made once per generator and kept in a cache keyed by the
+generator's weights, the CV and the sampling settings.
 """
 
 import contextlib
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save
 
 from girl.data import right_pad
 from girl.evaluation import greedy_jds, sample_jds
 from girl.files import CheckpointError, write_jsonl
+from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Transformer
 from girl.reward import u_scores
 from girl.template import prompt_ids
 
+SEEKER, JOB = 0, 1  # which of a token's two weights counts: as a seeker's text (C), as a job's (J, and J′)
+SIM_SCALE = 5.0  # cosines span [-1, 1]; scaled so that the head's logits have a useful range from the start
+LEX_INIT, SIM_INIT, BIAS_INIT = 10.0, 1.0, -1.0  # the head's start: the lexical score plus the token matches
+
+
+@dataclass
+class Tokens:
+    """Texts as M reads them: unit token vectors [B, T, p], each token's weight logits as the seeker's text
+    (column 0) and as the job's (column 1) [B, T, 2], and the mask of real tokens [B, T] (bool)."""
+    vectors: torch.Tensor
+    weights: torch.Tensor
+    mask: torch.Tensor
+
+    def __getitem__(self, index) -> "Tokens":
+        return Tokens(self.vectors[index], self.weights[index], self.mask[index])
+
+    def select(self, rows: torch.Tensor) -> "Tokens":
+        # index_select, not [rows]: its backward adds in a fixed order on the CPU, so a run repeats bit for bit
+        return Tokens(*(x.index_select(0, rows) for x in (self.vectors, self.weights, self.mask)))
+
+    def __len__(self):
+        return len(self.vectors)
+
+
+def late_interaction(a: Tokens, b: Tokens, a_side: int = 0) -> torch.Tensor:
+    """[..., 2]: s(a → b) and s(b → a) of aligned rows (or one a against every b by broadcasting), b a job's
+    text and a the seeker's (C: a_side 0) or a JD written for them (J′: a_side 1, its tokens weighted as a
+    job's are): each token's best cosine on the other side, weighted by the softmax of its weight logit over
+    its text's real tokens."""
+    sim = torch.einsum("...id,...kd->...ik", a.vectors, b.vectors)
+    a_best = sim.masked_fill(~b.mask[..., None, :], -2.0).amax(-1)  # [..., Ta]: each of a's tokens, its best in b
+    b_best = sim.masked_fill(~a.mask[..., :, None], -2.0).amax(-2)  # [..., Tb]
+    wa = a.weights[..., a_side].masked_fill(~a.mask, -torch.inf).softmax(-1)
+    wb = b.weights[..., 1].masked_fill(~b.mask, -torch.inf).softmax(-1)
+    return SIM_SCALE * torch.stack([(a_best * wa).sum(-1), (b_best * wb).sum(-1)], -1)
+
 
 class Matcher(nn.Module):
-    """M(C, J, J′) when use_jprime, else M0(C, J): one shared encoder, an MLP over interaction features."""
+    """M(C, J, J′) when use_jprime, else M0(C, J): one encoder, token matches and the lexical score, a linear head."""
 
-    def __init__(self, config, use_jprime: bool, hidden: int = 256):
+    def __init__(self, config, use_jprime: bool, proj: int = 64, lexical: TfIdf | None = None):
         super().__init__()
-        self.config, self.use_jprime, self.hidden = config, use_jprime, hidden
+        self.config, self.use_jprime, self.proj_dim = config, use_jprime, proj
+        self.lexical = lexical or TfIdf()
         self.encoder = Transformer(config, lm_head=False)
-        d = config.dim
-        self.head = nn.Sequential(nn.Linear((7 if use_jprime else 4) * d, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.proj = nn.Linear(config.dim, proj, bias=False)  # token vectors for the matches
+        self.token_weight = nn.Linear(config.dim, 2)  # how much a token counts, as the seeker's text / the job's
+        self.head = nn.Linear(6 if use_jprime else 3, 1)
+        with torch.no_grad():  # M starts where M0 does: what it does with J′ it learns
+            self.head.weight.zero_()[0, :3] = torch.tensor([SIM_INIT, SIM_INIT, LEX_INIT])
+            self.head.bias.fill_(BIAS_INIT)
 
     @classmethod
-    def from_generator(cls, G: Transformer, n_layers: int | None = None, use_jprime: bool = True,
-                       hidden: int = 256) -> "Matcher":
+    def from_generator(cls, G: Transformer | None, n_layers: int | None = None, use_jprime: bool = True,
+                       proj: int = 64, lexical: TfIdf | None = None, config=None) -> "Matcher":
         """An encoder started from a language model: its embeddings, lowest n_layers blocks (default: all)
-        and final norm; a new head."""
+        and final norm. G None: the same encoder from a random init (config given), the reference that shows
+        what G's weights give M."""
+        base = config if G is None else G.config
         # the encoder has no LM head: call it tied, so that it is saved (and opens in transformers) without one
-        M = cls(replace(G.config, n_layers=n_layers or G.config.n_layers, tie_embeddings=True), use_jprime, hidden)
-        wanted = M.encoder.state_dict().keys()
-        M.encoder.load_state_dict({k: v for k, v in G.state_dict().items() if k in wanted})
-        return M.to(next(G.parameters()).device)
+        M = cls(replace(base, n_layers=n_layers or base.n_layers, tie_embeddings=True), use_jprime, proj, lexical)
+        if G is not None:
+            wanted = M.encoder.state_dict().keys()
+            M.encoder.load_state_dict({k: v for k, v in G.state_dict().items() if k in wanted})
+            M = M.to(next(G.parameters()).device)
+        return M
 
-    def encode(self, ids, attention_mask) -> torch.Tensor:
-        """[B, dim]: the mean of the encoder's last hidden states over each text's tokens."""
+    def tokens(self, ids, attention_mask) -> Tokens:
         h = self.encoder.hidden_states(ids, attention_mask).float()
-        m = attention_mask[..., None].float()
-        return (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return Tokens(F.normalize(self.proj(h), dim=-1), self.token_weight(h), attention_mask.bool())
 
-    def score(self, c, j, jp=None) -> torch.Tensor:
-        """Logits [B] of the pairs (c[i], j[i]), reading jp[i] too when the matcher uses J′ (and ignoring
-        it when not). c, j, jp: encodings [B, dim], or [dim] broadcast against the others."""
-        c, j = torch.broadcast_tensors(c, j)
-        features = [c, j, c * j, (c - j).abs()]
-        if self.use_jprime:
-            jp = jp.expand_as(j)
-            features += [jp, jp * j, (jp - j).abs()]
-        return self.head(torch.cat(features, -1)).squeeze(-1)
+    def lexical_scores(self, a: list[str], b: list[str]) -> torch.Tensor:
+        return torch.tensor(self.lexical.cosine(a, b), dtype=torch.float32, device=self.head.weight.device)
+
+    def logits(self, cj: torch.Tensor, jpj: torch.Tensor | None = None) -> torch.Tensor:
+        """The head over the features [..., 3] of (C, J): s(C → J), s(J → C), lex(C, J); and for M the same
+        [..., 3] of (J′, J). M0 ignores jpj."""
+        features = torch.cat([cj, jpj], -1) if self.use_jprime else cj
+        return self.head(features).squeeze(-1)
+
+    def pair_logits(self, c: Tokens, j: Tokens, jp: Tokens | None, cvs: list[str], jds: list[str],
+                    jprimes: list[str] | None = None) -> torch.Tensor:
+        """Logits [n] of aligned pairs: c[i], j[i] (and jp[i]) are the token vectors of cvs[i], jds[i] (jprimes[i])."""
+        cj = torch.cat([late_interaction(c, j), self.lexical_scores(cvs, jds)[:, None]], -1)
+        jpj = (torch.cat([late_interaction(jp, j, JOB), self.lexical_scores(jprimes, jds)[:, None]], -1)
+               if self.use_jprime else None)
+        return self.logits(cj, jpj)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -87,37 +154,72 @@ def texts_to_batch(tok, texts: list[str], max_len: int, device=None):
 
 @torch.no_grad()
 def encode_all(M: Matcher, tok, texts: list[str], max_len: int, batch_size: int = 128,
-               autocast=contextlib.nullcontext) -> torch.Tensor:
-    """M's encodings [N, dim] of many texts, batch by batch (sorted by length, so padding stays short)."""
+               autocast=contextlib.nullcontext) -> Tokens:
+    """M's token vectors of many texts, batch by batch (sorted by length, so padding stays short), padded
+    to the longest."""
     device = next(M.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.empty(len(texts), M.config.dim, device=device)
+    width = max([min(len(tok.encode(t)) or 1, max_len) for t in texts], default=1)
+    out = Tokens(torch.zeros(len(texts), width, M.proj_dim, device=device), torch.zeros(len(texts), width, 2, device=device),
+                 torch.zeros(len(texts), width, dtype=torch.bool, device=device))
     was_training = M.training
     M.eval()
     for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
+        idx = torch.tensor(order[i : i + batch_size], device=device)
         with autocast():
-            out[idx] = M.encode(*texts_to_batch(tok, [texts[k] for k in idx], max_len, device))
+            t = M.tokens(*texts_to_batch(tok, [texts[k] for k in idx.tolist()], max_len, device))
+        for full, part in zip((out.vectors, out.weights, out.mask), (t.vectors, t.weights, t.mask)):
+            full[idx, : part.shape[1]] = part.to(full.dtype)
     M.train(was_training)
     return out
 
 
 @torch.no_grad()
-def score_all(M: Matcher, c: torch.Tensor, j: torch.Tensor, jp: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits [S, N]: every seeker (encodings c [S, dim], jp [S, dim]) against every job (j [N, dim])."""
-    return torch.stack([M.score(c[s], j, None if jp is None else jp[s]) for s in range(len(c))])
+def all_features(c: Tokens, j: Tokens, lex: np.ndarray, side: int = SEEKER, chunk: int = 512) -> torch.Tensor:
+    """[S, N, 3]: the features of every seeker's text (c: S texts; side SEEKER for CVs, JOB for J′) against
+    every job (j: N texts), with lex [S, N] the lexical scores; jobs in chunks, so memory stays at chunk × tokens²."""
+    out = torch.empty(len(c), len(j), 3, device=c.vectors.device)
+    out[..., 2] = torch.as_tensor(lex, dtype=torch.float32, device=c.vectors.device)
+    for s in range(len(c)):
+        for k in range(0, len(j), chunk):
+            out[s, k : k + chunk, :2] = late_interaction(c[s : s + 1], j[k : k + chunk], side)
+    return out
 
 
 @torch.no_grad()
-def interaction_logits(M: Matcher, tok, rows: list[dict], jprime: dict, max_len: int,
-                       autocast=contextlib.nullcontext) -> torch.Tensor:
-    """M's logits [n] of {"cv", "jd"} rows, each distinct text encoded once; jprime: CV -> its J′."""
+def cv_features(M: Matcher, tok, cvs: list[str], j: Tokens, jds: list[str], max_len: int,
+                autocast=contextlib.nullcontext) -> torch.Tensor:
+    """[S, N, 3]: each seeker's CV against every job, whose token vectors j are computed once (encode_all)."""
+    return all_features(encode_all(M, tok, cvs, max_len, autocast=autocast), j, M.lexical.cosine_all(cvs, jds), SEEKER)
+
+
+def jprime_features(M: Matcher, tok, jprimes: list[str], j: Tokens, jds: list[str], max_len: int,
+                    autocast=contextlib.nullcontext) -> torch.Tensor:
+    """[S, N, 3]: each seeker's J′ against every job: M.logits(cv_features(...), jprime_features(...))."""
+    return all_features(encode_all(M, tok, jprimes, max_len, autocast=autocast), j, M.lexical.cosine_all(jprimes, jds), JOB)
+
+
+@torch.no_grad()
+def interaction_logits(M: Matcher, tok, rows: list[dict], jprime: dict | list[dict], max_len: int,
+                       autocast=contextlib.nullcontext):
+    """M's logits [n] of {"cv", "jd"} rows; jprime: CV -> its J′. Given a list of such maps, a list of logits,
+    M reading each (the J′ of G, of an oracle, of another seeker): every distinct text is encoded once."""
+    maps = jprime if isinstance(jprime, list) else [jprime]
     cvs, jds = list(dict.fromkeys(r["cv"] for r in rows)), list(dict.fromkeys(r["jd"] for r in rows))
     c, j = encode_all(M, tok, cvs, max_len, autocast=autocast), encode_all(M, tok, jds, max_len, autocast=autocast)
-    jp = encode_all(M, tok, [jprime[x] for x in cvs], max_len, autocast=autocast) if M.use_jprime else None
     ci, ji = {x: i for i, x in enumerate(cvs)}, {x: i for i, x in enumerate(jds)}
-    a, b = torch.tensor([ci[r["cv"]] for r in rows]), torch.tensor([ji[r["jd"]] for r in rows])
-    return M.score(c[a], j[b], None if jp is None else jp[a]).cpu()
+    a = torch.tensor([ci[r["cv"]] for r in rows], device=c.vectors.device)
+    b = torch.tensor([ji[r["jd"]] for r in rows], device=c.vectors.device)
+    texts = list(dict.fromkeys(m[x] for m in maps for x in cvs)) if M.use_jprime else []
+    jp = encode_all(M, tok, texts, max_len, autocast=autocast) if texts else None
+    ti = {x: i for i, x in enumerate(texts)}
+    out = []
+    for m in maps:
+        rows_jp = [m[r["cv"]] for r in rows] if M.use_jprime else None
+        sel = jp.select(torch.tensor([ti[x] for x in rows_jp], device=c.vectors.device)) if M.use_jprime else None
+        out.append(M.pair_logits(c.select(a), j.select(b), sel, [r["cv"] for r in rows], [r["jd"] for r in rows],
+                                 rows_jp).cpu())
+    return out if isinstance(jprime, list) else out[0]
 
 
 def warm_split(rows: list[dict], per_seeker: int) -> tuple[list[dict], list[dict]]:
@@ -141,13 +243,18 @@ def warm_split(rows: list[dict], per_seeker: int) -> tuple[list[dict], list[dict
 # ----------------------------------------------------------------------------- on disk
 
 def save_matcher(folder, M: Matcher, tok, args=None, metrics: dict | None = None):
-    """An HF folder of M's encoder (config.json, model.safetensors, tokenizer.json) with M's head in
-    matcher.safetensors and what it reads in matcher.json; written whole or not at all."""
-    head = {k: v.detach().cpu().contiguous() for k, v in M.head.state_dict().items()}
-    spec = {"use_jprime": M.use_jprime, "hidden": M.hidden, "pooling": "mean",
-            "features": ["c", "j", "c*j", "|c-j|"] + (["j'", "j'*j", "|j'-j|"] if M.use_jprime else [])}
+    """An HF folder of M's encoder (config.json, model.safetensors, tokenizer.json) with the rest of M in
+    matcher.safetensors, what it reads in matcher.json and its lexical reference in lexical.json; written
+    whole or not at all."""
+    rest = {f"{name}.{k}": v.detach().cpu().contiguous() for name in ("proj", "token_weight", "head")
+            for k, v in getattr(M, name).state_dict().items()}
+    features = ["s(C→J)", "s(J→C)", "lex(C,J)"] + (["s(J′→J)", "s(J→J′)", "lex(J′,J)"] if M.use_jprime else [])
+    spec = {"use_jprime": M.use_jprime, "proj": M.proj_dim, "interaction": "late (token MaxSim)", "features": features}
+    lexical = {"n_min": M.lexical.n_min, "n_max": M.lexical.n_max, "vocabulary": M.lexical.vocabulary,
+               "idf": M.lexical.idf.tolist()}
     save_model(folder, M.encoder, tok, args=args, metrics=metrics,
-               files={"matcher.safetensors": save(head), "matcher.json": (json.dumps(spec, indent=2) + "\n").encode()})
+               files={"matcher.safetensors": save(rest), "matcher.json": (json.dumps(spec, indent=2) + "\n").encode(),
+                      "lexical.json": json.dumps(lexical, ensure_ascii=False).encode()})
 
 
 def load_matcher(folder, device=None) -> Matcher:
@@ -156,11 +263,16 @@ def load_matcher(folder, device=None) -> Matcher:
     if not spec_file.is_file():
         raise CheckpointError(f"{folder}: no matcher.json; pass a matcher's folder, as train_rec.py writes it")
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    saved = json.loads((folder / "lexical.json").read_text(encoding="utf-8"))
+    lexical = TfIdf(saved["n_min"], saved["n_max"])
+    lexical.vocabulary, lexical.idf = saved["vocabulary"], np.array(saved["idf"], dtype=np.float64)
     encoder = load_model(folder, dtype=torch.float32, device=device)
-    M = Matcher(encoder.config, spec["use_jprime"], spec["hidden"]).to(device)
+    M = Matcher(encoder.config, spec["use_jprime"], spec["proj"], lexical).to(device)
     encoder.lm_head = None  # tied to the embeddings; the matcher reads hidden states only
     M.encoder = encoder
-    M.head.load_state_dict(load_file(str(folder / "matcher.safetensors")))
+    rest = load_file(str(folder / "matcher.safetensors"))
+    for name in ("proj", "token_weight", "head"):
+        getattr(M, name).load_state_dict({k.split(".", 1)[1]: v for k, v in rest.items() if k.startswith(name + ".")})
     return M.eval()
 
 

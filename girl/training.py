@@ -15,20 +15,25 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay the weight matrices; not norms, biases or embeddings (nor a head tied to one)."""
+def param_groups(model: nn.Module, weight_decay: float, fast: nn.Module | None = None, fast_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: decay the weight matrices; not norms, biases or embeddings (nor a head tied to one).
+    fast: a few weights that learn at fast_scale × the learning rate, undecayed (a head over a handful of
+    scores, whose start is a prior the data must be able to overturn within a run)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    own = {id(p) for p in fast.parameters()} if fast is not None else set()
     decay, rest = [], []
     for p in model.parameters():  # a tied weight appears once
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in own:
             (decay if p.ndim >= 2 and id(p) not in embeddings else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return groups + ([{"params": list(fast.parameters()), "weight_decay": 0.0, "lr_scale": fast_scale}] if own else [])
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def adamw(model: nn.Module, lr: float, weight_decay: float, fast: nn.Module | None = None,
+          fast_scale: float = 1.0) -> torch.optim.AdamW:
     """AdamW with β = (0.9, 0.95), decaying only the weight matrices; the fused kernel on CUDA."""
     cuda = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), fused=cuda)
+    return torch.optim.AdamW(param_groups(model, weight_decay, fast, fast_scale), lr=lr, betas=(0.9, 0.95), fused=cuda)
 
 
 def lr_at(step: int, max_steps: int, lr: float, warmup: int, min_ratio: float = 0.1) -> float:
@@ -41,7 +46,7 @@ def lr_at(step: int, max_steps: int, lr: float, warmup: int, min_ratio: float = 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float):
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def step_indices(step: int, n: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,

@@ -41,7 +41,7 @@ def test_number_types_take_what_they_say_and_nothing_else():
 @pytest.mark.parametrize("script, flag, value, message", [
     ("train_rm.py", "--margin", "-1", "argument --margin: must be finite and >= 0, got -1"),
     ("train_rm.py", "--sample-temperature", "0", "argument --sample-temperature: must be finite and > 0, got 0"),
-    ("train_rec.py", "--jprime-dropout", "1", "argument --jprime-dropout: must be finite and >= 0 and < 1, got 1"),
+    ("train_rec.py", "--proj", "0", "argument --proj: must be >= 1, got 0"),
     ("train_rec.py", "--lr", "inf", "argument --lr: must be finite and > 0, got inf"),
     ("generate.py", "--top-p", "1.5", "argument --top-p: must be finite and > 0 and <= 1, got 1.5"),
     ("generate.py", "--num-return", "0", "argument --num-return: must be >= 1, got 0"),
@@ -56,24 +56,24 @@ def test_every_script_checks_its_numbers_at_parse_time(tmp_path, script, flag, v
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
     d = tmp_path_factory.mktemp("market")
-    build(d, "en", seed=0, n_jobs=60, seekers=dict(sft=12, rm=0, ppo=0, eval=4))
+    build(d, "en", seed=0, n_jobs=60, seekers=dict(sft=12, rm=0, ppo=0, test=4, val=4))
     return d
 
 
 def test_too_little_data_for_the_schedule_is_said_with_the_flag_to_raise(market, tmp_path):
-    r = run("train_sft.py", "--data", market / "sft_train.jsonl", "--eval-data", market / "sft_eval.jsonl", "--lang", "en",
+    r = run("train_sft.py", "--data", market / "sft_train.jsonl", "--eval-data", market / "sft_val.jsonl", "--lang", "en",
             "--oracle-cvs", "0", "--out", tmp_path / "o")
     pairs = len((market / "sft_train.jsonl").read_text().splitlines())
     assert r.returncode == 0, r.stderr
     assert (f"notice: {pairs} training pairs make only {math.ceil(pairs / 16)} optimizer steps (--epochs 1, "
             f"--batch-size 16 x --grad-accum 1), fewer than --warmup 30") in r.stdout and "Raise --epochs" in r.stdout
-    r = run("train_sft.py", "--data", market / "sft_train.jsonl", "--eval-data", market / "sft_eval.jsonl", "--lang", "en",
+    r = run("train_sft.py", "--data", market / "sft_train.jsonl", "--eval-data", market / "sft_val.jsonl", "--lang", "en",
             "--oracle-cvs", "0", "--warmup", "2", "--out", tmp_path / "p")
     assert r.returncode == 0 and "notice" not in r.stdout
 
 
 def test_a_resumable_state_without_its_optimizer_is_refused(market, tmp_path):
-    common = ["--data", market / "sft_train.jsonl", "--eval-data", market / "sft_eval.jsonl", "--lang", "en",
+    common = ["--data", market / "sft_train.jsonl", "--eval-data", market / "sft_val.jsonl", "--lang", "en",
               "--oracle-cvs", "0", "--eval-every", "1", "--out", tmp_path / "o"]
     assert run("train_sft.py", *common, "--max-steps", "1").returncode == 0
     state = tmp_path / "o-last"
@@ -93,7 +93,7 @@ def test_out_last_that_holds_something_else_is_not_overwritten(market, tmp_path)
     shutil.copytree(Path(__file__).parent / "fixtures" / "tiny-llama", model)
     before = {p.name: p.read_bytes() for p in model.iterdir()}
     for script, extra in (("train_sft.py", ["--data", market / "sft_train.jsonl"]),
-                          ("train_ppo.py", ["--data", market / "eval.jsonl"])):
+                          ("train_ppo.py", ["--data", market / "val.jsonl"])):
         r = run(script, *extra, "--out-last", model, "--out", tmp_path / "o")
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert f"error: --out-last {model} holds something else than a resumable state" in r.stderr

@@ -55,7 +55,7 @@ def distance(a: dict, b: dict) -> float:
 def world(tmp_path_factory):
     """A tiny market and G after one SFT step: the weights both runs start from."""
     d = tmp_path_factory.mktemp("ddp")
-    build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=0, eval=10))
+    build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=0, test=10, val=10))
     python(ROOT / "train_sft.py", "--data", d / "data" / "sft_train.jsonl", "--lang", "en", "--max-steps", "1",
            "--eval-every", "1", "--out", d / "g0")
     return d
@@ -86,7 +86,7 @@ def assert_same_run(one: Path, two: Path, start: dict, out_one: str, out_two: st
 
 def sft_args(world, *extra):
     return [ROOT / "train_sft.py", "--model", world / "g0", "--data", world / "data" / "sft_train.jsonl",
-            "--eval-data", world / "data" / "sft_eval.jsonl", "--lang", "en", "--lr", "1e-3", "--warmup", "1",
+            "--eval-data", world / "data" / "sft_val.jsonl", "--lang", "en", "--lr", "1e-3", "--warmup", "1",
             "--eval-every", "4", "--oracle-cvs", "0", "--eval-examples", "8", "--log-every", "1", *extra]
 
 
@@ -130,7 +130,7 @@ def test_sft_fsdp_resumes_exactly(world, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
 
 
-RM_ARGS = ["--data", "data/rm_train.jsonl", "--eval-data", "data/rm_eval.jsonl", "--lang", "en", "--warmup", "1",
+RM_ARGS = ["--data", "data/rm_train.jsonl", "--eval-data", "data/rm_val.jsonl", "--lang", "en", "--warmup", "1",
            "--eval-every", "4", "--log-every", "1"]
 
 
@@ -171,14 +171,14 @@ def ppo_init(world):
     python(ROOT / "train_sft.py", "--data", world / "short.jsonl", "--lang", "en", "--max-steps", "30", "--warmup", "5",
            "--eval-every", "30", "--oracle-cvs", "0", "--out", world / "g1")
     python(ROOT / "train_rm.py", "--sft", world / "g1", "--data", world / "data" / "rm_train.jsonl", "--eval-data",
-           world / "data" / "rm_eval.jsonl", "--lang", "en", "--feedback", "log", "--samples-per-cv", "0",
+           world / "data" / "rm_val.jsonl", "--lang", "en", "--feedback", "log", "--samples-per-cv", "0",
            "--max-steps", "2", "--eval-every", "2", "--out", world / "u1")
     return world
 
 
 def ppo_args(d, *extra):
     return [ROOT / "train_ppo.py", "--sft", d / "g1", "--rm", d / "u1", "--data", d / "data" / "sft_train.jsonl",
-            "--eval-data", d / "data" / "sft_eval.jsonl", "--lang", "en", "--ppo-epochs", "2", "--max-new-tokens", "12",
+            "--eval-data", d / "data" / "sft_val.jsonl", "--lang", "en", "--ppo-epochs", "2", "--max-new-tokens", "12",
             "--eval-cvs", "4", "--save-every", "1", *extra]
 
 

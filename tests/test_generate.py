@@ -36,7 +36,7 @@ def run(*args, cwd, check=True):
 def world(tmp_path_factory):
     """data/ (a tiny en market) and ckpt/{sft,ppo,rm} as the pipeline would leave them, ppo the newest."""
     d = tmp_path_factory.mktemp("gen")
-    market.build(d / "data", "en", seed=0, n_jobs=60, seekers=dict(sft=30, rm=0, ppo=0, eval=12))
+    market.build(d / "data", "en", seed=0, n_jobs=60, seekers=dict(sft=30, rm=0, ppo=0, test=12, val=12))
     rows = [json.loads(line) for line in (d / "data" / "sft_train.jsonl").read_text().splitlines()]
     tok = Tokenizer.train([r["cv"] for r in rows] + [r["jd"] for r in rows], 400)
     torch.manual_seed(0)

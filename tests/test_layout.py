@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = {"girl.template", "girl.data", "girl.losses", "girl.reward", "girl.ppo", "girl.evaluation", "girl.training",
-          "girl.recommend", "girl.ranking"}
+          "girl.recommend", "girl.ranking", "girl.lexical"}
 
 
 def modules() -> dict[str, Path]:
@@ -102,3 +102,15 @@ def test_nothing_read_from_disk_is_ever_executed():
                 if isinstance(f, ast.Attribute) and f.attr == "load" and getattr(f.value, "id", None) == "torch":
                     weights_only = [k for k in node.keywords if k.arg == "weights_only"]
                     assert weights_only and getattr(weights_only[0].value, "value", None) is True, (path, node.lineno)
+
+
+def test_stages_import_only_the_run_time_packages():
+    """torch, tokenizers, safetensors and numpy, besides the standard library: scikit-learn (the tests' reference)
+    and matplotlib (bench/rec_curve.py's figure) are never imported by the package or a stage script."""
+    allowed = {"torch", "tokenizers", "safetensors", "numpy", "girl"} | set(sys.stdlib_module_names)
+    for path in sorted((ROOT / "girl").rglob("*.py")) + sorted(ROOT.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"

@@ -75,11 +75,11 @@ def test_cvs_vary_but_carry_the_facts():
 
 
 def test_build_writes_disjoint_splits(tmp_path):
-    counts = build(tmp_path, "en", seed=0, n_jobs=200, seekers=dict(sft=60, rm=30, ppo=10, eval=10))
-    assert counts["ppo"] == 10 and counts["eval"] == 10 and counts["jobs"] == 200
+    counts = build(tmp_path, "en", seed=0, n_jobs=200, seekers=dict(sft=60, rm=30, ppo=10, test=10, val=10))
+    assert counts["ppo"] == 10 and counts["test"] == 10 and counts["val"] == 10 and counts["jobs"] == 200
     import json
     read = lambda name: [json.loads(l) for l in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
-    for name in ("sft_train", "rm_train", "ppo", "eval", "jobs"):
+    for name in ("sft_train", "rm_train", "ppo", "test", "val", "jobs"):
         assert counts[name] == len(read(name)), name
     # SFT's pairs are the SFT seekers' accepted applications, in order (8 applications a seeker, SFT's first);
     # each RM triple pairs an accepted and a rejected application of the same RM seeker
@@ -91,8 +91,14 @@ def test_build_writes_disjoint_splits(tmp_path):
                                           for r in read("rm_train"))
     sft_cvs = {r["cv"] for r in read("sft_train")}
     rm_cvs = {r["cv"] for r in read("rm_train")}
-    held = {r["cv"] for r in read("eval")} | {r["cv"] for r in read("ppo")}
-    assert not (sft_cvs & rm_cvs) and not (held & (sft_cvs | rm_cvs))
+    test, val = {r["cv"] for r in read("test")}, {r["cv"] for r in read("val")}
+    held = test | val | {r["cv"] for r in read("ppo")}
+    assert not (sft_cvs & rm_cvs) and not (held & (sft_cvs | rm_cvs)) and not (test & val)
+    # each held-out part's files hold its own seekers only: validation never reads a test seeker
+    for part, other in (("test", val), ("val", test)):
+        for prefix in ("sft_", "rm_", "interactions_"):
+            assert {r["cv"] for r in read(prefix + part)} <= {r["cv"] for r in read(part)}, prefix + part
+            assert not {r["cv"] for r in read(prefix + part)} & other
 
 
 def test_references_are_the_floor_and_ceiling_found_by_brute_force():
@@ -115,7 +121,7 @@ def test_references_are_the_floor_and_ceiling_found_by_brute_force():
 
 def test_rec_train_holds_the_rm_seekers_interactions_and_no_sft_seeker(tmp_path):
     import json
-    build(tmp_path, "en", seed=0, n_jobs=100, seekers=dict(sft=30, rm=20, ppo=5, eval=5))
+    build(tmp_path, "en", seed=0, n_jobs=100, seekers=dict(sft=30, rm=20, ppo=5, test=5, val=5))
     read = lambda name: [json.loads(l) for l in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
     rec = read("rec_train")
     assert len(rec) == 20 * 8 and len({r["cv"] for r in rec}) == 20  # 8 applications per seeker
@@ -127,12 +133,12 @@ def test_rec_train_holds_the_rm_seekers_interactions_and_no_sft_seeker(tmp_path)
 def test_gap_market_is_the_same_market_in_other_words(tmp_path, lang):
     import json
     from girl.market.text import FIELDS, TOOLS, _i
-    sizes = dict(n_jobs=100, seekers=dict(sft=30, rm=20, ppo=5, eval=10))
+    sizes = dict(n_jobs=100, seekers=dict(sft=30, rm=20, ppo=5, test=10, val=10))
     build(tmp_path / "plain", lang, seed=0, **sizes)
     build(tmp_path / "gap", lang, seed=0, gap=True, **sizes)
     read = lambda d, name: [json.loads(l) for l in (tmp_path / d / f"{name}.jsonl").read_text().splitlines()]
     assert read("plain", "jobs") == read("gap", "jobs")
-    plain, gap = read("plain", "eval"), read("gap", "eval")
+    plain, gap = read("plain", "test"), read("gap", "test")
     assert [r["seeker"] for r in plain] == [r["seeker"] for r in gap]  # the same seekers ...
     for name in ("interactions_train", "interactions_test", "sft_train"):  # ... the same outcomes
         a, b = read("plain", name), read("gap", name)
@@ -151,7 +157,7 @@ def test_gap_market_is_the_same_market_in_other_words(tmp_path, lang):
 
 def test_ensure_rebuilds_a_market_written_before_rec_train(tmp_path, capsys):
     from girl.market import ensure
-    build(tmp_path, "en", seed=0, n_jobs=50, seekers=dict(sft=5, rm=5, ppo=2, eval=2))
+    build(tmp_path, "en", seed=0, n_jobs=50, seekers=dict(sft=5, rm=5, ppo=2, test=2, val=2))
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl")}
     (tmp_path / "rec_train.jsonl").unlink()
     ensure(tmp_path, "en", seed=None)
@@ -159,3 +165,26 @@ def test_ensure_rebuilds_a_market_written_before_rec_train(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl")} == before  # the same market, whole again
     ensure(tmp_path, "en", seed=None)
     assert "building" not in capsys.readouterr().out  # complete: left alone
+
+
+def test_ensure_adds_the_validation_seekers_to_a_market_written_before_them(tmp_path, capsys):
+    """A folder of the layout before the validation split (its test seekers called "eval") is rebuilt whole:
+    every earlier draw as it was, the test seekers unchanged under their new name, the validation seekers new."""
+    import json
+    from girl.market import ensure
+    old = dict(sft=5, rm=5, ppo=2, test=3)
+    build(tmp_path, "en", seed=0, n_jobs=50, seekers=old)
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl")}
+    meta = json.loads((tmp_path / "market.json").read_text())
+    meta["seekers"] = dict(sft=5, rm=5, ppo=2, eval=3)
+    (tmp_path / "market.json").write_text(json.dumps(meta))
+    validation = [f"{name}.jsonl" for name in ("val", "sft_val", "rm_val", "interactions_val")]
+    for name in validation:
+        (tmp_path / name).unlink()
+        del before[name]
+    ensure(tmp_path, "en", seed=None)
+    assert "building" in capsys.readouterr().out
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl")}
+    assert {k: after[k] for k in before} == before  # every earlier file as it was: the test seekers too
+    assert all(after[name] for name in validation)  # and the validation seekers new
+    assert len(after["val.jsonl"].splitlines()) == 400  # the default number of validation seekers

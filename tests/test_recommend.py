@@ -4,6 +4,7 @@ answer, the matcher M and its baseline M0, the J′ cache, and train_rec.py as a
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,10 @@ from girl import ranking
 from girl.data import DataError, read_jsonl
 from girl.lm.model import Config, Transformer
 from girl.losses import match_loss
-from girl.recommend import JPrimeCache, Matcher, load_matcher, make_jprimes, save_matcher, score_all, warm_split
+from girl.lexical import TfIdf
+from girl.recommend import (BIAS_INIT, LEX_INIT, SIM_INIT, SIM_SCALE, JPrimeCache, Matcher, Tokens, encode_all,
+                            cv_features, interaction_logits, jprime_features, late_interaction, load_matcher, make_jprimes,
+                            save_matcher, texts_to_batch, warm_split)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,54 +124,101 @@ def tiny_g(seed=0):
     return Transformer(Config(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64))
 
 
-def test_m0_ignores_jprime_and_m_reads_it():
-    G = tiny_g()
-    c, j, jp1, jp2 = torch.randn(4, 3, 32).unbind(0)
-    torch.manual_seed(1)
-    m0 = Matcher.from_generator(G, 1, use_jprime=False)
-    assert torch.equal(m0.score(c, j, jp1), m0.score(c, j, jp2))
-    assert torch.equal(m0.score(c, j, jp1), m0.score(c, j))
-    m = Matcher.from_generator(G, 1, use_jprime=True)
-    assert not torch.allclose(m.score(c, j, jp1), m.score(c, j, jp2))
-    # the encoder is G's lowest block, its embeddings and its final norm
-    assert torch.equal(m.encoder.layers[0].attn.q.weight, G.layers[0].attn.q.weight) and len(m.encoder.layers) == 1
-    # one seeker against every job, by broadcasting, is the same as pair by pair
-    all_jobs = score_all(m, c, j, jp1)
-    for s in range(3):
-        assert torch.allclose(all_jobs[s], m.score(c[s].expand(3, -1), j, jp1[s].expand(3, -1)), rtol=1e-5, atol=1e-6)
-
-
-def test_mean_pooling_ignores_padding():
-    m = Matcher.from_generator(tiny_g(), 2, use_jprime=False)
-    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 9, 9]])
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
-    e = m.encode(ids, mask)
-    assert torch.allclose(e[0], e[1], atol=1e-6)
-    assert torch.allclose(e[0], m.encoder.hidden_states(ids[:1, :3]).mean(1)[0], atol=1e-6)
-
-
 def tiny_tokenizer():
     from girl.lm.tokenizer import Tokenizer
     return Tokenizer.train(["cv one: Python, SQL", "cv two: Java", "a job: Python"], 300)
 
 
-def test_matcher_saved_and_reloaded_scores_the_same(tmp_path):
+TEXTS = ["Skills: Python, SQL\nCity: Beijing", "Skills: Java\nCity: Shanghai, 3 years", "Role: Data Analyst\n- Python",
+         "Role: Java Developer\nCity: Shanghai\n- Java, Spring", "x"]
+
+
+def trained_like(use_jprime, seed=2):
+    """A matcher whose new weights are not their init: something a training run could have written."""
     tok = tiny_tokenizer()
-    G = tiny_g()
-    for use_jprime in (False, True):
-        torch.manual_seed(2)
-        m = Matcher.from_generator(G, 1, use_jprime=use_jprime)
-        for p in m.head.parameters():  # not the init: something a training run could have written
+    torch.manual_seed(0)
+    G = Transformer(Config(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                           max_seq_len=64))
+    torch.manual_seed(seed)
+    M = Matcher.from_generator(G, 1, use_jprime=use_jprime, proj=8, lexical=TfIdf().fit(TEXTS[2:4]))
+    for module in (M.proj, M.token_weight, M.head):
+        for p in module.parameters():
             p.data.normal_()
+    return M.eval(), tok
+
+
+def test_late_interaction_by_hand():
+    """s(A → B) = Σ_i softmax(w)_i · max_k cos(a_i, b_k), each side over its real tokens only."""
+    torch.manual_seed(0)
+    va, vb = torch.nn.functional.normalize(torch.randn(1, 3, 4), dim=-1), torch.nn.functional.normalize(torch.randn(1, 4, 4), dim=-1)
+    wa, wb = torch.randn(1, 3, 2), torch.randn(1, 4, 2)
+    ma, mb = torch.tensor([[True, True, False]]), torch.tensor([[True, True, True, False]])
+    got = late_interaction(Tokens(va, wa, ma), Tokens(vb, wb, mb))[0]
+    cos = [[float(va[0, i] @ vb[0, k]) for k in range(3)] for i in range(2)]  # real tokens only
+    ea, eb = [math.exp(wa[0, i, 0]) for i in range(2)], [math.exp(wb[0, k, 1]) for k in range(3)]
+    a_to_b = sum(ea[i] / sum(ea) * max(cos[i]) for i in range(2))
+    b_to_a = sum(eb[k] / sum(eb) * max(cos[i][k] for i in range(2)) for k in range(3))
+    assert got.tolist() == pytest.approx([SIM_SCALE * a_to_b, SIM_SCALE * b_to_a], rel=1e-5)  # float32
+
+
+def test_a_pairs_logit_does_not_depend_on_the_rest_of_its_batch():
+    """Padding and the other pairs of a batch change nothing: each pair scored alone gives the batch's logit."""
+    for use_jprime in (False, True):
+        M, tok = trained_like(use_jprime)
+        cvs, jds, jps = TEXTS[:2] * 2, [TEXTS[2], TEXTS[3], TEXTS[3], TEXTS[4]], [TEXTS[3], TEXTS[2], TEXTS[4], TEXTS[2]]
+        with torch.no_grad():
+            c, j, jp = (M.tokens(*texts_to_batch(tok, t, 64)) for t in (cvs, jds, jps))
+            batch = M.pair_logits(c, j, jp, cvs, jds, jps)
+            for i in range(4):
+                alone = [M.tokens(*texts_to_batch(tok, [t[i]], 64)) for t in (cvs, jds, jps)]
+                one = M.pair_logits(*alone, cvs[i : i + 1], jds[i : i + 1], jps[i : i + 1])
+                assert one.item() == pytest.approx(batch[i].item(), rel=1e-5, abs=1e-5)  # float32, another padding
+        assert c.mask.sum(1).tolist() != [c.mask.shape[1]] * 4  # the batch was padded
+
+
+def test_m0_ignores_jprime_and_m_reads_it():
+    cvs, jds = TEXTS[:2], TEXTS[2:4]
+    for use_jprime in (False, True):
+        M, tok = trained_like(use_jprime)
+        with torch.no_grad():
+            c, j = (M.tokens(*texts_to_batch(tok, t, 64)) for t in (cvs, jds))
+            logits = [M.pair_logits(c, j, M.tokens(*texts_to_batch(tok, jps, 64)), cvs, jds, jps)
+                      for jps in (TEXTS[2:4], [TEXTS[4], TEXTS[0]])]
+        assert torch.equal(*logits) != use_jprime
+    # the encoder is G's lowest block and its final norm; the scratch reference shares nothing with G
+    G = tiny_g()
+    m = Matcher.from_generator(G, 1)
+    assert torch.equal(m.encoder.layers[0].attn.q.weight, G.layers[0].attn.q.weight) and len(m.encoder.layers) == 1
+    scratch = Matcher.from_generator(None, 1, config=G.config)
+    assert not torch.equal(scratch.encoder.layers[0].attn.q.weight, G.layers[0].attn.q.weight)
+    # the head starts from the lexical score and the token matches; M's weights of J′ start at 0, where M0 starts
+    assert m.head.weight.tolist() == [[SIM_INIT, SIM_INIT, LEX_INIT, 0, 0, 0]] and m.head.bias.item() == BIAS_INIT
+
+
+def test_one_seeker_against_every_job_is_pair_by_pair():
+    M, tok = trained_like(True)
+    jobs = TEXTS[2:] + TEXTS[:1]
+    with torch.no_grad():
+        j = encode_all(M, tok, jobs, 64, batch_size=2)
+        every = M.logits(cv_features(M, tok, TEXTS[:2], j, jobs, 64), jprime_features(M, tok, TEXTS[1:3], j, jobs, 64))
+        for s in range(2):
+            cvs, jps = [TEXTS[s]] * len(jobs), [TEXTS[s + 1]] * len(jobs)
+            pair = M.pair_logits(*(M.tokens(*texts_to_batch(tok, t, 64)) for t in (cvs, jobs, jps)), cvs, jobs, jps)
+            assert torch.allclose(every[s], pair, rtol=1e-5, atol=1e-5)
+
+
+def test_matcher_saved_and_reloaded_scores_the_same(tmp_path):
+    for use_jprime in (False, True):
+        m, tok = trained_like(use_jprime)
         save_matcher(tmp_path / "m", m, tok)
         back = load_matcher(tmp_path / "m")
-        assert back.use_jprime == use_jprime
-        ids = torch.randint(0, 64, (3, 7))
-        mask = torch.ones_like(ids)
-        c, j, jp = (x.encode(ids, mask) for x in (m, m, m))
-        with torch.no_grad():
-            assert torch.equal(m.score(c, j, jp), back.score(back.encode(ids, mask), back.encode(ids, mask),
-                                                               back.encode(ids, mask)))
+        assert back.use_jprime == use_jprime and back.lexical.vocabulary == m.lexical.vocabulary
+        rows = [{"cv": c, "jd": j} for c in TEXTS[:2] for j in TEXTS[2:]]
+        jprime = {TEXTS[0]: TEXTS[3], TEXTS[1]: TEXTS[2]}
+        assert torch.equal(interaction_logits(m, tok, rows, jprime, 64), interaction_logits(back, tok, rows, jprime, 64))
+        other = {TEXTS[0]: TEXTS[4], TEXTS[1]: TEXTS[3]}  # several J′ maps at once: each as if alone
+        for together, alone in zip(interaction_logits(m, tok, rows, [jprime, other], 64), (jprime, other)):
+            assert torch.allclose(together, interaction_logits(m, tok, rows, alone, 64), rtol=1e-5, atol=1e-6)
         config = json.loads((tmp_path / "m" / "config.json").read_text())
         assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
 
@@ -232,25 +283,50 @@ def test_bad_interactions_file_names_file_line_and_field(tmp_path):
         read_jsonl(bad, "interactions")
 
 
+REC_FLAGS = ["--lang", "en", "--epochs", "2", "--min-steps", "0", "--eval-every", "2", "--max-new-tokens", "24",
+             "--bootstrap", "20", "--rank-seekers", "8", "--val-rank-seekers", "4", "--batch-seekers", "8", "--proj", "16"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A tiny market, G after two SFT steps, train_rec.py run twice the same way, and once more on a copy of the
+    market whose test seekers' decisions are reversed."""
     from girl.market import build
     d = tmp_path_factory.mktemp("rec")
-    build(d / "data", "en", seed=0, n_jobs=60, seekers=dict(sft=30, rm=30, ppo=0, eval=12))
+    build(d / "data", "en", seed=0, n_jobs=60, seekers=dict(sft=30, rm=30, ppo=0, test=12, val=12))
     run(ROOT / "train_sft.py", "--data", d / "data" / "sft_train.jsonl", "--lang", "en", "--max-steps", "2",
         "--eval-every", "2", "--oracle-cvs", "0", "--out", d / "sft")
-    for out in ("rec", "rec-again"):
-        r = run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / "data", "--lang", "en",
-                "--epochs", "2", "--max-new-tokens", "24", "--bootstrap", "20", "--rank-seekers", "8", "--batch-seekers",
-                "8", "--cache-dir", d / "cache", "--out", d / out)
-    return d, r
+    shutil.copytree(d / "data", d / "data-flipped")
+    test = read_jsonl(d / "data" / "interactions_test.jsonl", "interactions")
+    (d / "data-flipped" / "interactions_test.jsonl").write_text(
+        "".join(json.dumps(r | {"label": 1 - r["label"]}) + "\n" for r in test))
+    for out, data in (("rec", "data"), ("rec-flipped", "data-flipped"), ("rec-again", "data")):
+        r = run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / data, *REC_FLAGS,
+                "--cache-dir", d / "cache", "--out", d / out, *(["--no-scratch"] if out == "rec-flipped" else []))
+        again = r
+    return d, again
+
+
+def weights(folder):
+    return {f: (folder / f).read_bytes() for f in ("model.safetensors", "matcher.safetensors")}
 
 
 def test_train_rec_repeats_bit_for_bit(trained):
     d, _ = trained
+    for name in ("m", "m0", "m0-scratch"):
+        assert weights(d / "rec" / name) == weights(d / "rec-again" / name), name
+
+
+def test_train_rec_chooses_nothing_on_the_test_seekers(trained):
+    """Validation chooses, test reports: with every test decision reversed, the same steps are kept and the same
+    matchers saved; only the report changes (the test AUC of each model becomes 1 − AUC)."""
+    d, _ = trained
+    same, flipped = (json.loads((d / x / "metrics.json").read_text()) for x in ("rec", "rec-flipped"))
     for name in ("m", "m0"):
-        for f in ("model.safetensors", "matcher.safetensors"):
-            assert (d / "rec" / name / f).read_bytes() == (d / "rec-again" / name / f).read_bytes(), (name, f)
+        assert weights(d / "rec" / name) == weights(d / "rec-flipped" / name), name
+    assert {n: same["validation"][n] for n in ("M", "M0")} == flipped["validation"]
+    for model in ("M", "M0", "lexical C→J"):
+        assert flipped["cold"][model]["auc"] == pytest.approx(1 - same["cold"][model]["auc"], abs=1e-12)
 
 
 def test_train_rec_on_a_tiny_market(trained):
@@ -258,23 +334,51 @@ def test_train_rec_on_a_tiny_market(trained):
     metrics = json.loads((d / "rec" / "metrics.json").read_text())
     assert metrics["counts"]["dropped_leak"] == 0 and metrics["counts"]["train_seekers"] == 30
     assert metrics["cold"]["n_seekers"] == 12 and metrics["ranking"]["n_seekers"] == 8
+    systems = {"lexical C→J", "lexical J′→J", "lexical C+J′", "M0", "M", "M0, encoder not from G", "M, oracle J′",
+               "M, J′ shuffled", "oracle f (ceiling)"}
+    assert systems <= set(metrics["cold"]) and systems | {"random (floor)"} <= set(metrics["ranking"])
     for split in ("cold", "warm"):
         for model in ("M", "M0"):
             assert set(metrics[split][model]) == {"auc", "gauc", "log_loss"}
         d_auc = metrics[split]["M - M0"]["auc"]
         assert d_auc["diff"] == pytest.approx(metrics[split]["M"]["auc"] - metrics[split]["M0"]["auc"], abs=1e-12)
     assert metrics["ranking"]["oracle f (ceiling)"]["ndcg@10"] == 1.0
-    # the matchers as saved give the logits the report was computed from
-    from girl.lm.tokenizer import Tokenizer
-    from girl.recommend import interaction_logits
-    tok = Tokenizer.from_pretrained(d / "rec" / "m")
+    for name, v in metrics["validation"].items():  # each model keeps its best validation step
+        assert v["chosen"] == max(v["history"], key=lambda h: (h["score"], h["step"])) and "auc" in v["chosen"]
+    # the lexical rows are the TF-IDF cosines of the market's JDs, recomputed here
     test = read_jsonl(d / "data" / "interactions_test.jsonl", "interactions")
+    jobs = [json.loads(line)["jd"] for line in (d / "data" / "jobs.jsonl").read_text().splitlines()]
+    lex = TfIdf().fit(jobs).cosine([r["cv"] for r in test], [r["jd"] for r in test])
+    assert ranking.auc(lex, [r["label"] for r in test]) == pytest.approx(metrics["cold"]["lexical C→J"]["auc"], abs=1e-12)
+    # the matchers as saved give the logits the report was computed from, and name the G whose J′ they read
+    from girl.lm.tokenizer import Tokenizer
+    tok = Tokenizer.from_pretrained(d / "rec" / "m")
     cache = JPrimeCache(d / "cache", d / "sft", {"best_of": 1, "max_new_tokens": 24, "lang": "en"})
     jprime = {r["cv"]: cache[r["cv"]] for r in test}
-    for name in ("m", "m0"):
-        s = interaction_logits(load_matcher(d / "rec" / name), tok, test, jprime, 128).numpy()
-        assert ranking.auc(s, [r["label"] for r in test]) == pytest.approx(metrics["cold"][name.upper()]["auc"], abs=1e-9)
-    assert "in the cache" in r.stdout
+    for name, folder in (("M", "m"), ("M0", "m0"), ("M0, encoder not from G", "m0-scratch")):
+        s = interaction_logits(load_matcher(d / "rec" / folder), tok, test, jprime, 128).numpy()
+        assert ranking.auc(s, [r["label"] for r in test]) == pytest.approx(metrics["cold"][name]["auc"], abs=1e-9)
+        assert json.loads((d / "rec" / folder / "train_args.json").read_text())["generator"] == str(d / "sft")
+    assert "in the cache" in r.stdout and ", 0 to write" in r.stdout  # the second run made no J′
+
+
+def test_train_rec_keeps_the_best_validation_step(trained, tmp_path):
+    """Trained too fast to improve steadily, a model's best validation step comes before its last: that step's
+    weights are the ones saved, and they score the validation seekers as the history says."""
+    d, _ = trained
+    run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / "data", *REC_FLAGS, "--no-scratch",
+        "--lr", "0.05", "--epochs", "4", "--eval-every", "1", "--cache-dir", d / "cache", "--out", tmp_path / "rec")
+    metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
+    for v in metrics["validation"].values():
+        assert v["chosen"] == max(v["history"], key=lambda h: (h["score"], h["step"]))
+    assert any(v["chosen"]["step"] < v["history"][-1]["step"] for v in metrics["validation"].values())
+    from girl.lm.tokenizer import Tokenizer
+    val = read_jsonl(d / "data" / "interactions_val.jsonl", "interactions")
+    cache = JPrimeCache(d / "cache", d / "sft", {"best_of": 1, "max_new_tokens": 24, "lang": "en"})
+    M0 = load_matcher(tmp_path / "rec" / "m0")
+    s = interaction_logits(M0, Tokenizer.from_pretrained(tmp_path / "rec" / "m0"), val, {r["cv"]: cache[r["cv"]] for r in val},
+                           128).numpy()
+    assert ranking.auc(s, [r["label"] for r in val]) == pytest.approx(metrics["validation"]["M0"]["chosen"]["auc"], abs=1e-9)
 
 
 def test_train_rec_drops_seekers_g_learned_from(trained, tmp_path):
@@ -284,8 +388,8 @@ def test_train_rec_drops_seekers_g_learned_from(trained, tmp_path):
     leaky = tmp_path / "leaky.jsonl"
     leaky.write_text("".join(json.dumps(x) + "\n" for x in rows + [{"cv": sft[0]["cv"], "jd": sft[0]["jd"], "label": 1}]))
     r = run(ROOT / "train_rec.py", "--generator", d / "sft", "--data", leaky, "--test-data",
-            d / "data" / "interactions_test.jsonl", "--exclude-cvs", d / "data" / "sft_train.jsonl", "--lang", "en",
-            "--epochs", "0.3", "--max-new-tokens", "24", "--bootstrap", "5", "--cache-dir", d / "cache", "--out", tmp_path / "rec")
+            d / "data" / "interactions_test.jsonl", "--exclude-cvs", d / "data" / "sft_train.jsonl", *REC_FLAGS,
+            "--epochs", "0.3", "--no-scratch", "--cache-dir", d / "cache", "--out", tmp_path / "rec")
     assert json.loads((tmp_path / "rec" / "metrics.json").read_text())["counts"]["dropped_leak"] == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"cv": "a", "jd": "b", "label": "yes"}\n')
@@ -306,10 +410,11 @@ def test_generate_recommends_real_jobs_ranked_by_m(trained, tmp_path):
     assert all(0 <= job["oracle"] <= 1 for job in out["jobs"])  # a market seeker: the oracle's f of each job
     # the top 3 are M's: the same as M's own scores of every job with this seeker's CV and J′
     from girl.lm.tokenizer import Tokenizer
-    from girl.recommend import encode_all
     M, tok = load_matcher(d / "rec" / "m"), Tokenizer.from_pretrained(d / "rec" / "m")
-    c, j, jp = (encode_all(M, tok, t, 128) for t in ([out["cv"]], market_jds, [out["jds"][0]["jd"]]))
-    best = torch.sigmoid(score_all(M, c, j, jp)[0]).topk(3)
+    j = encode_all(M, tok, market_jds, 128)
+    every = M.logits(cv_features(M, tok, [out["cv"]], j, market_jds, 128),
+                     jprime_features(M, tok, [out["jds"][0]["jd"]], j, market_jds, 128))
+    best = torch.sigmoid(every[0]).topk(3)
     assert [market_jds[k] for k in best.indices.tolist()] == [job["jd"] for job in out["jobs"]]
     # your own jobs, in a batch
     jobs = tmp_path / "jobs.jsonl"
@@ -320,3 +425,49 @@ def test_generate_recommends_real_jobs_ranked_by_m(trained, tmp_path):
         "--output", tmp_path / "out.jsonl", "--lang", "en")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [len(r["jobs"]) for r in rows] == [2, 2] and all(job["id"].startswith("j") for r in rows for job in r["jobs"])
+
+
+def test_train_rec_on_a_real_shaped_log(tmp_path):
+    """A log as real ones are: one CV in many rows, ~5% accepted, long noisy texts, split by python -m girl.data
+    build. M and M0 learn from accepted and rejected applications of seekers G never learned from and are
+    measured, beside the lexical rows, on held-out seekers; a training file without an accepted row is refused."""
+    import random as stdlib_random
+    from girl.market.text import render_cv, render_jd
+    from girl.market.world import compatibility, sample_job, sample_seeker
+    rng = stdlib_random.Random(0)
+    jobs = [sample_job(rng) for _ in range(60)]
+    noise = ["References available on request.", "Hobbies: chess, hiking, photography.", "Languages: English, Mandarin.",
+             "Benefits: lunch, gym, flexible hours."]
+    cvs, logs = [], []
+    for i in range(160):
+        s = sample_seeker(rng)
+        cvs.append({"id": i, "cv": render_cv(s, "en", rng) + "\n" + "\n".join(rng.sample(noise, 2))})
+        for k in rng.sample(range(len(jobs)), 12):  # accepted: the best fits only, about 5% of the rows
+            logs.append({"cv_id": i, "jd_id": k, "label": int(compatibility(s, jobs[k].attributes()) > 0.6)})
+    jds = [{"id": k, "jd": render_jd(j, "en", rng) + "\n" + rng.choice(noise)} for k, j in enumerate(jobs)]
+    for name, rows in (("cvs", cvs), ("jds", jds), ("log", logs)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rate = sum(r["label"] for r in logs) / len(logs)
+    assert 0.02 < rate < 0.1, rate
+    r = run("-m", "girl.data", "build", "--cvs", tmp_path / "cvs.jsonl", "--jds", tmp_path / "jds.jsonl", "--log",
+            tmp_path / "log.jsonl", "--out", tmp_path / "d")
+    assert "accepted applications per part" in r.stdout
+    d = tmp_path / "d"
+    run(ROOT / "train_sft.py", "--data", d / "sft_train.jsonl", "--eval-data", d / "sft_val.jsonl", "--lang", "en",
+        "--max-steps", "2", "--eval-every", "2", "--out", tmp_path / "sft")
+    flags = ["--generator", tmp_path / "sft", "--val-data", d / "interactions_val.jsonl", "--test-data",
+             d / "interactions_test.jsonl", "--exclude-cvs", d / "sft_train.jsonl", *REC_FLAGS, "--no-scratch",
+             "--cache-dir", tmp_path / "cache"]
+    run(ROOT / "train_rec.py", "--data", d / "rec_train.jsonl", *flags, "--out", tmp_path / "rec")
+    metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
+    assert metrics["counts"]["train_positives"] > 0 and metrics["counts"]["dropped_leak"] == 0
+    for name in ("M", "M0", "lexical C→J", "lexical J′→J", "lexical C+J′"):
+        assert 0 <= metrics["cold"][name]["auc"] <= 1, name
+    assert metrics["cold"]["positive_rate"] > 0 and "ranking" not in metrics  # no market: no jobs to rank
+    # the log's accepted seekers all given to G, as the split before did: M has nothing to learn from
+    only_rejected = tmp_path / "rejected.jsonl"
+    only_rejected.write_text("".join(line + "\n" for line in (d / "rec_train.jsonl").read_text().splitlines()
+                                     if json.loads(line)["label"] == 0))
+    bad = run(ROOT / "train_rec.py", "--data", only_rejected, *flags, "--out", tmp_path / "rec-bad", check=False)
+    assert bad.returncode == 2 and "M needs both accepted and rejected ones" in bad.stderr
+    assert not (tmp_path / "rec-bad").exists()

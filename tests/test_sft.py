@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,24 +144,46 @@ def test_interaction_labels_are_checked(tmp_path):
         read_jsonl(path, "interactions")
 
 
-def test_build_from_interaction_log(tmp_path):
-    cvs = [{"id": i, "cv": f"cv {i}"} for i in range(20)]
-    jds = [{"id": f"j{k}", "jd": f"jd {k}"} for k in range(5)]
-    log = [{"cv_id": i, "jd_id": f"j{k}", "label": int((i + k) % 3 == 0)} for i in range(20) for k in range(3)]
+def real_log(folder, n_cvs=300, n_jds=80, per_cv=10, accept=0.05, seed=0):
+    """A log of the shape real ones have: each CV in many rows, about 5% of applications accepted, so that
+    most CVs have none; written as the cvs, jds and log tables girl.data build reads."""
+    rng = np.random.default_rng(seed)
+    cvs = [{"id": f"c{i}", "cv": f"cv {i}"} for i in range(n_cvs)]
+    jds = [{"id": k, "jd": f"jd {k}"} for k in range(n_jds)]
+    log = [{"cv_id": f"c{i}", "jd_id": int(k), "label": int(rng.uniform() < accept)}
+           for i in range(n_cvs) for k in rng.choice(n_jds, per_cv, replace=False)]
     for name, rows in (("cvs", cvs), ("jds", jds), ("log", log)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return log
+
+
+def test_build_from_interaction_log_gives_every_part_accepted_applications(tmp_path):
+    log = real_log(tmp_path)
     counts = build_from_log(tmp_path / "cvs.jsonl", tmp_path / "jds.jsonl", tmp_path / "log.jsonl", tmp_path / "out")
-    assert counts["ppo"] == 2 and counts["interactions_test"] == 2 * 3  # 10% of 20 CVs each
-    assert counts["interactions_train"] == 16 * 3
-    ppo = {json.loads(l)["cv"] for l in (tmp_path / "out" / "ppo.jsonl").read_text().splitlines()}
-    held = {json.loads(l)["cv"] for l in (tmp_path / "out" / "interactions_test.jsonl").read_text().splitlines()}
-    # every accepted application of a CV that is neither held out nor kept for PPO
-    assert counts["sft_train"] == sum(r["label"] for r in log if f"cv {r['cv_id']}" not in ppo | held)
-    sft = {json.loads(l)["cv"] for l in (tmp_path / "out" / "sft_train.jsonl").read_text().splitlines()}
-    assert not ppo & sft  # PPO's CVs were never used in SFT
+    read = lambda name: read_jsonl(tmp_path / "out" / f"{name}.jsonl", "interactions" if "interactions" in name or
+                                   name == "rec_train" else "ppo")
+    cvs_of = lambda name: {r["cv"] for r in read(name)}
+    parts = {"sft": {r["cv"] for r in read_jsonl(tmp_path / "out" / "sft_train.jsonl", "sft")},
+             "rec": cvs_of("rec_train"), "val": cvs_of("val"), "test": cvs_of("test"), "ppo": cvs_of("ppo")}
+    for a in parts:  # no CV in two parts: M's seekers are not G's, validation is not test
+        for b in parts:
+            assert a == b or not parts[a] & parts[b], (a, b)
+    with_positive = {f"cv {r['cv_id'][1:]}" for r in log if r["label"]}
+    assert len(with_positive) < 0.5 * 300  # most CVs were never accepted: the case that starved M before
+    for part, share in (("test", 0.1), ("val", 0.1), ("ppo", 0.1), ("rec", 0.2)):  # each its share of both strata
+        assert len(parts[part] & with_positive) == round(len(with_positive) * share), part
+    assert len(parts["test"]) == round(len(with_positive) * 0.1) + round((300 - len(with_positive)) * 0.1)
+    # each part's accepted applications, counted by hand and by the builder, and present in every part M needs
+    accepted = lambda cvs: sum(r["label"] for r in log if f"cv {r['cv_id'][1:]}" in cvs)
+    for part in ("sft", "rec", "val", "test"):
+        assert counts["positives"][part] == accepted(parts[part if part != "sft" else "sft"]) > 0, part
+    assert counts["sft_train"] == accepted(parts["sft"])
+    assert counts["interactions_test"] == 10 * len(parts["test"]) and counts["interactions_val"] == 10 * len(parts["val"])
+    assert counts["rec_train"] == 10 * len(parts["rec"]) and sum(r["label"] for r in read("rec_train")) > 0
+    assert {r["cv"] for r in read_jsonl(tmp_path / "out" / "rm_train.jsonl", "rm")} <= parts["sft"] | parts["rec"]
     for r in read_jsonl(tmp_path / "out" / "rm_train.jsonl", "rm"):
         assert r["jd_pos"] != r["jd_neg"]
 
-    (tmp_path / "log.jsonl").write_text('{"cv_id": 0, "jd_id": "j0", "label": 1}\n{"cv_id": 99, "jd_id": "j0", "label": 0}\n')
+    (tmp_path / "log.jsonl").write_text('{"cv_id": "c0", "jd_id": 0, "label": 1}\n{"cv_id": 99, "jd_id": 0, "label": 0}\n')
     with pytest.raises(DataError, match=r"log.jsonl:2: id '99' is not in .*cvs.jsonl"):
         build_from_log(tmp_path / "cvs.jsonl", tmp_path / "jds.jsonl", tmp_path / "log.jsonl", tmp_path / "out")

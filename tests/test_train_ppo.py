@@ -33,7 +33,7 @@ def run(*args, check=True):
 def init(tmp_path_factory):
     """A tiny market, G after a few SFT steps and U after a few steps on the application log's triples."""
     d = tmp_path_factory.mktemp("ppo")
-    build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=12, eval=6))
+    build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=12, test=6, val=6))
     run(ROOT / "train_sft.py", "--market-dir", d / "data", "--lang", "en", "--max-steps", "4", "--eval-every", "4",
         "--oracle-cvs", "0", "--out", d / "ckpt" / "sft")
     run(ROOT / "train_rm.py", "--market-dir", d / "data", "--lang", "en", "--feedback", "log", "--samples-per-cv", "0",
@@ -72,7 +72,7 @@ def test_writes_the_new_g_and_its_metrics(init, tmp_path):
     # reward_before/after: U's mean score of J′ sampled from G / the new G on the held-out CVs, recomputed here
     metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
     tok = Tokenizer.from_pretrained(init / "ckpt" / "sft")
-    cvs = [json.loads(line)["cv"] for line in (init / "data" / "eval.jsonl").read_text().splitlines()][:4]
+    cvs = [json.loads(line)["cv"] for line in (init / "data" / "val.jsonl").read_text().splitlines()][:4]
     prompts = [prompt_ids(tok, cv, "en", 10)[0] for cv in cvs]
     for key, folder in (("reward_before", init / "ckpt" / "sft"), ("reward_after", tmp_path / "ppo")):
         out = generate(load_model(folder), prompts, 12, eos_id=tok.eos_id, pad_id=tok.pad_or_eos_id, temperature=0.7,

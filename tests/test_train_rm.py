@@ -25,7 +25,7 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def market_and_g(tmp_path_factory):
     d = tmp_path_factory.mktemp("rm")
-    build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=0, eval=20))
+    build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=0, test=20, val=20))
     run(ROOT / "train_sft.py", "--data", d / "data" / "sft_train.jsonl", "--lang", "en", "--max-steps", "2",
         "--eval-every", "2", "--out", d / "sft")
     return d
@@ -34,7 +34,7 @@ def market_and_g(tmp_path_factory):
 def test_train_rm_writes_a_reward_model_smaller_than_g(market_and_g, tmp_path):
     d = market_and_g
     r = run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", d / "data" / "rm_train.jsonl", "--eval-data",
-            d / "data" / "rm_eval.jsonl", "--lang", "en", "--max-steps", "4", "--eval-every", "2",
+            d / "data" / "rm_val.jsonl", "--lang", "en", "--max-steps", "4", "--eval-every", "2",
             "--out", tmp_path / "rm")
     assert "eval loss" in r.stdout
     metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
@@ -53,9 +53,9 @@ def test_u_learns_a_preference_with_a_known_answer(market_and_g, tmp_path):
     rejected one "Status: declined.". Ten steps must take held-out accuracy from chance to 1 and L_rmt from
     ln 2 to near 0 (seen: 0.38 → 1.0, 0.698 → 0.0003), and the U saved must be the one that scores so."""
     d = market_and_g
-    for split in ("train", "eval"):
+    for split, name in (("train", "train"), ("val", "eval")):
         rows = [json.loads(line) for line in (d / "data" / f"rm_{split}.jsonl").read_text().splitlines()]
-        (tmp_path / f"{split}.jsonl").write_text("".join(
+        (tmp_path / f"{name}.jsonl").write_text("".join(
             json.dumps({"cv": r["cv"], "jd_pos": "Status: approved. " + r["jd_pos"],
                         "jd_neg": "Status: declined. " + r["jd_neg"]}) + "\n" for r in rows))
     run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", tmp_path / "train.jsonl", "--eval-data",

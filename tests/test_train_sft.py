@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     d = tmp_path_factory.mktemp("market")
-    build(d, "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=0, ppo=0, eval=10))
-    return d / "sft_train.jsonl", d / "sft_eval.jsonl"
+    build(d, "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=0, ppo=0, test=10, val=10))
+    return d / "sft_train.jsonl", d / "sft_val.jsonl"
 
 
 def command(pairs, out, *extra):

@@ -3,8 +3,15 @@
 An application log plays the paper's setting: seekers apply by their own taste (they over-reach on salary
 and seniority), recruiters accept with a probability rising in f. Accepted pairs train G (SFT); a CV with
 both outcomes gives (C, J+, J−) triples for U; seekers never used there give PPO's CVs; held-out seekers
-evaluate. The matcher M of stage 4 learns from rec_train.jsonl, the interactions of the RM split's seekers:
+measure. The matcher M of stage 4 learns from rec_train.jsonl, the interactions of the RM split's seekers:
 G never learned from them (it is fine-tuned on the SFT split's accepted JDs).
+
+Held-out seekers come in two groups that no stage trains on. Validation seekers (val.jsonl, sft_val, rm_val,
+interactions_val) are what the training scripts read while they run: the held-out losses that choose a
+checkpoint, PPO's held-out oracle, stage 4's choices. Test seekers (test.jsonl, sft_test, rm_test,
+interactions_test) are read only by the final reports (generate.py --eval, train_rec.py's tables), after
+every choice is made. The validation seekers are drawn after all the others, so adding them left every
+earlier draw of the market as it was.
 """
 
 import json
@@ -17,7 +24,8 @@ from girl.market.oracle import reference_jobs
 from girl.market.text import LANGS, render_cv, render_jd
 from girl.market.world import Job, Seeker, accepted, applications, sample_job, sample_seeker
 
-SPLITS = dict(sft=4000, rm=1500, ppo=600, eval=400)  # seekers per split
+SPLITS = dict(sft=4000, rm=1500, ppo=600, test=400, val=400)  # seekers per split, drawn in this order
+HELD_OUT = ("val", "test")  # seekers of no training split: <name>.jsonl, sft_<name>, rm_<name>, interactions_<name>
 
 
 def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers: dict = SPLITS, gap: bool = False) -> dict:
@@ -32,8 +40,8 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
     jobs = [sample_job(rng) for _ in range(n_jobs)]
     jd_text = [render_jd(j, lang, rng) for j in jobs]
     files: dict[str, list] = {name: [] for name in (
-        "sft_train", "sft_eval", "rm_train", "rm_eval", "ppo", "eval", "interactions_train", "interactions_test",
-        "rec_train")}
+        "sft_train", "rm_train", "ppo", "interactions_train", "rec_train",
+        *(f"{prefix}{part}" for part in HELD_OUT for prefix in ("", "sft_", "rm_", "interactions_")))}
     for split, count in seekers.items():
         for _ in range(count):
             s = sample_seeker(rng)
@@ -56,11 +64,11 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
                 files["rec_train"] += seen
             elif split == "ppo":
                 files["ppo"].append({"cv": cv, "seeker": asdict(s)})
-            else:  # held out from every stage: evaluation only
-                files["eval"].append({"cv": cv, "seeker": asdict(s)})
-                files["sft_eval"] += pairs
-                files["rm_eval"] += triples
-                files["interactions_test"] += seen
+            else:  # held out from every stage: validation or test
+                files[split].append({"cv": cv, "seeker": asdict(s)})
+                files[f"sft_{split}"] += pairs
+                files[f"rm_{split}"] += triples
+                files[f"interactions_{split}"] += seen
     files["jobs"] = [{"jd": t, "job": asdict(j)} for j, t in zip(jobs, jd_text)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,16 +84,19 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
 def ensure(out_dir, lang: str = "zh", seed: int | None = 0) -> Path:
     """The market's folder, built on first use (or rebuilt if it was made for another lang or seed;
     seed None takes a market of any seed, and builds seed 0 if there is none). A gap market stays one;
-    a folder written before rec_train.jsonl existed is rebuilt whole (the same draws, the same files)."""
+    a folder written before its current files existed (rec_train.jsonl, the validation split) is rebuilt
+    whole: the same draws, and the files of today."""
     out = Path(out_dir)
     meta = out / "market.json"
     sizes: dict = {}
     if meta.is_file():
         m = json.loads(meta.read_text(encoding="utf-8"))
         if m.get("lang") == lang and seed in (None, m.get("seed")):
-            if (out / "rec_train.jsonl").is_file():
+            if all((out / f"{name}.jsonl").is_file() for name in ("rec_train", *HELD_OUT)):
                 return out
-            seed, sizes = m["seed"], dict(n_jobs=m["n_jobs"], seekers=m["seekers"], gap=m.get("gap", False))
+            sizes = {("test" if k == "eval" else k): v for k, v in m["seekers"].items()}  # "eval" was the test part's name
+            sizes.setdefault("val", SPLITS["val"])
+            seed, sizes = m["seed"], dict(n_jobs=m["n_jobs"], seekers=sizes, gap=m.get("gap", False))
     seed = 0 if seed is None else seed
     print(f"building the synthetic job market ({lang}, seed {seed}{', gap' if sizes.get('gap') else ''}) in {out}/ ...")
     build(out, lang, seed, **sizes)
@@ -98,14 +109,17 @@ def load_jobs(folder) -> tuple[list[str], list[Job]]:
     return [r["jd"] for r in rows], [Job.from_json(r["job"]) for r in rows]
 
 
-def heldout(folder, n: int | None = None) -> list[dict]:
-    """The first n held-out seekers ({"cv", "seeker"}): never seen by SFT, U or PPO."""
-    lines = (Path(folder) / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+def heldout(folder, n: int | None = None, part: str = "test") -> list[dict]:
+    """The first n held-out seekers ({"cv", "seeker"}) of the test part (read by final reports only) or
+    the validation part (read while training, to choose): never seen by SFT, U or PPO."""
+    if part not in HELD_OUT:
+        raise ValueError(f"part must be one of {HELD_OUT}, got {part!r}")
+    lines = (Path(folder) / f"{part}.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines[:n]]
 
 
 def seekers(rows: list[dict]) -> list[Seeker]:
-    """The seekers behind rows that carry one (the market's eval, ppo and rm files)."""
+    """The seekers behind rows that carry one (the market's val, test, ppo and rm files)."""
     return [Seeker.from_json(r["seeker"]) for r in rows]
 
 
