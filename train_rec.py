@@ -188,11 +188,11 @@ def validate(M) -> dict:
     """What chooses a model's step: AUC of the validation seekers' applications and, on the market, NDCG@k of
     ranking every job for the first --val-rank-seekers of them; their mean is the score."""
     out = {}
+    j = encode_all(M, enc_tok, job_texts, args.max_len, autocast=autocast) if mdir else None  # every job once
     if val:
-        s = interaction_logits(M, enc_tok, val, jprime, args.max_len, autocast).numpy()
-        out["auc"] = ranking.auc(s, [r["label"] for r in val])
+        s = interaction_logits(M, enc_tok, val, jprime, args.max_len, autocast, jobs=(job_texts, j) if mdir else None)
+        out["auc"] = ranking.auc(s.numpy(), [r["label"] for r in val])
     if val_rank:
-        j = encode_all(M, enc_tok, job_texts, args.max_len, autocast=autocast)
         cj = cv_features(M, enc_tok, [r["cv"] for r in val_rank], j, job_texts, args.max_len, autocast)
         jpj = (jprime_features(M, enc_tok, [jprime[r["cv"]] for r in val_rank], j, job_texts, args.max_len, autocast)
                if M.use_jprime else None)
@@ -283,6 +283,10 @@ def another_seeker(cvs: list[str]) -> dict:
     return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
 
 
+# each model's token vectors of every market job, computed once for all that follows
+job_tokens = {n: encode_all(M, enc_tok, job_texts, args.max_len, autocast=autocast) for n, M in trained.items()} if mdir else {}
+
+
 def interaction_scores(rs: list[dict], references: bool) -> dict:
     """Each system's scores of these interactions: the lexical rows, the trained models and, with references,
     M fed the oracle J′ or another seeker's, and the oracle's f."""
@@ -290,14 +294,15 @@ def interaction_scores(rs: list[dict], references: bool) -> dict:
     lc, lj = lexical.cosine(cvs_r, jds_r), lexical.cosine([jprime[c] for c in cvs_r], jds_r)
     out = {"lexical C→J": lc, "lexical J′→J": lj, "lexical C+J′": lc + lj}
     for n, M in trained.items():
+        jobs = (job_texts, job_tokens[n]) if mdir else None
         if n != "M" or not references:
-            out[n] = interaction_logits(M, enc_tok, rs, jprime, args.max_len, autocast).numpy()
+            out[n] = interaction_logits(M, enc_tok, rs, jprime, args.max_len, autocast, jobs).numpy()
             continue
         other = another_seeker(list(dict.fromkeys(cvs_r)))
         fed = {"M": jprime, "M, J′ shuffled": {c: jprime[o] for c, o in other.items()}} | (
             {"M, oracle J′": best_jd} if best_jd else {})
         out |= dict(zip(fed, (x.numpy() for x in interaction_logits(M, enc_tok, rs, list(fed.values()), args.max_len,
-                                                                    autocast))))
+                                                                    autocast, jobs))))
     if references:
         if test_seekers and all(j in attrs for j in jds_r):
             out["oracle f (ceiling)"] = np.array([market.compatibility(test_seekers[c], attrs[j]) for c, j in zip(cvs_r, jds_r)])
@@ -316,20 +321,19 @@ for split, rs, references in (("cold", test, True), ("warm", warm_rows, False)):
         metrics[split] = ranking.interaction_report(scores, [x["label"] for x in rs], [x["cv"] for x in rs],
                                                     [(a, b) for a, b in COMPARE if a in scores and b in scores],
                                                     args.bootstrap, args.seed)
-if rank_rows:  # every job encoded once per model, every seeker once: then the head over all pairs
+if rank_rows:  # every seeker encoded once per model, against the jobs' token vectors: then the head over all pairs
     rank_cvs = [r["cv"] for r in rank_rows]
     gains = np.array([[market.compatibility(test_seekers[c], attrs[t]) for t in job_texts] for c in rank_cvs])
     lex_c = lexical.cosine_all(rank_cvs, job_texts)
     lex_j = lexical.cosine_all([jprime[c] for c in rank_cvs], job_texts)
     scores = {"lexical C→J": lex_c, "lexical J′→J": lex_j, "lexical C+J′": lex_c + lex_j}
     for n, M in trained.items():
-        t0 = time.time()
-        j = encode_all(M, enc_tok, job_texts, args.max_len, autocast=autocast)
+        t0, j = time.time(), job_tokens[n]
         cj = cv_features(M, enc_tok, rank_cvs, j, job_texts, args.max_len, autocast)
         jpj = jprime_features(M, enc_tok, [jprime[c] for c in rank_cvs], j, job_texts, args.max_len, autocast) if M.use_jprime else None
         scores[n] = M.logits(cj, jpj).cpu().numpy()
         if M.use_jprime:
-            metrics["seconds_per_seeker"] = (time.time() - t0) / len(rank_cvs)  # M ranking the whole market, J′ and all
+            metrics["seconds_per_seeker"] = (time.time() - t0) / len(rank_cvs)  # M ranking the encoded market, J′ and all
             other = another_seeker(rank_cvs)
             scores["M, J′ shuffled"] = M.logits(cj, jpj[[rank_cvs.index(other[c]) for c in rank_cvs]]).cpu().numpy()
             ojpj = jprime_features(M, enc_tok, [best_jd[c] for c in rank_cvs], j, job_texts, args.max_len, autocast)

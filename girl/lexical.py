@@ -36,6 +36,7 @@ class TfIdf:
         self.n_min, self.n_max = n_min, n_max
         self.vocabulary: dict[str, int] = {}
         self.idf = np.zeros(0)
+        self._vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # text -> its vector's (columns, values), once
 
     def fit(self, texts: list[str]) -> "TfIdf":
         df: Counter = Counter()
@@ -44,6 +45,7 @@ class TfIdf:
         grams = sorted(df)  # sorted, as scikit-learn orders its columns
         self.vocabulary = {g: i for i, g in enumerate(grams)}
         self.idf = np.array([math.log((1 + len(texts)) / (1 + df[g])) + 1 for g in grams])
+        self._vectors = {}  # those of the previous fit
         return self
 
     def transform(self, texts: list[str]) -> torch.Tensor:
@@ -51,18 +53,24 @@ class TfIdf:
         none of its n-grams was fitted)."""
         rows, cols, vals = [], [], []
         for r, t in enumerate(texts):
-            counts = Counter(self.vocabulary[g] for g in char_ngrams(t, self.n_min, self.n_max) if g in self.vocabulary)
-            if not counts:
-                continue
-            c = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-            v = np.fromiter(counts.values(), dtype=np.float64, count=len(counts)) * self.idf[c]
+            c, v = self._vector(t)
             rows.append(np.full(len(c), r))
             cols.append(c)
-            vals.append(v / np.linalg.norm(v))
+            vals.append(v)
         cat = (lambda xs, dtype: np.concatenate(xs) if xs else np.zeros(0, dtype))
         index = torch.from_numpy(np.stack([cat(rows, np.int64), cat(cols, np.int64)]))
         return torch.sparse_coo_tensor(index, torch.from_numpy(cat(vals, np.float64)),
                                        (len(texts), len(self.vocabulary)), check_invariants=False).coalesce()
+
+    def _vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The columns and values of one text's unit vector (none when no n-gram of it was fitted); each
+        text is vectorised once and kept, as matchers read the same CVs and JDs step after step."""
+        if text not in self._vectors:
+            counts = Counter(self.vocabulary[g] for g in char_ngrams(text, self.n_min, self.n_max) if g in self.vocabulary)
+            c = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            v = np.fromiter(counts.values(), dtype=np.float64, count=len(counts)) * self.idf[c]
+            self._vectors[text] = (c, v / np.linalg.norm(v) if len(v) else v)
+        return self._vectors[text]
 
     def cosine(self, a: list[str], b: list[str]) -> np.ndarray:
         """[n] cos(a_i, b_i) of aligned texts; each distinct text is vectorised once."""

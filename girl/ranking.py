@@ -78,10 +78,11 @@ def _top_k_weights(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(scores)
     order = np.argsort(-scores, kind="stable")
     position_discount = np.where(np.arange(n) < k, 1 / np.log2(np.arange(n) + 2), 0.0)
-    discount, in_top = np.empty(n), np.empty(n)
-    for a, b in zip(*_runs(scores[order])):  # items a..b-1 share a score: each takes the mean of their positions
+    discount, in_top = np.zeros(n), np.zeros(n)  # a run that starts at or past position k stays 0
+    starts, ends = _runs(scores[order])
+    for a, b in zip(starts[starts < k], ends[starts < k]):  # items a..b-1 share a score: each the mean of their positions
         discount[order[a:b]] = position_discount[a:b].mean()
-        in_top[order[a:b]] = max(0, min(b, k) - a) / (b - a)
+        in_top[order[a:b]] = (min(b, k) - a) / (b - a)
     return discount, in_top
 
 
@@ -126,11 +127,21 @@ def _sigmoid(x):
     return 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def seekers_sample(rows_of: list[np.ndarray], sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of the sampled seekers (rows_of[k]: seeker k's rows) and their seeker ids in the sample: a
-    seeker drawn twice is two seekers, as the bootstrap means."""
-    idx = np.concatenate([rows_of[k] for k in sample])
-    return idx, np.repeat(np.arange(len(sample)), [len(rows_of[k]) for k in sample])
+class SeekerRows:
+    """Each seeker's rows (rows_of[k]: the row indices of seeker k), laid out once, so that the bootstrap's
+    thousands of samples of seekers become their rows by array arithmetic."""
+
+    def __init__(self, rows_of: list[np.ndarray]):
+        self.sizes = np.array([len(r) for r in rows_of], dtype=np.int64)
+        self.first = np.cumsum(self.sizes) - self.sizes  # where seeker k's rows start in flat
+        self.flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows_of] or [np.zeros(0, np.int64)])
+
+    def sample(self, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of the sampled seekers and their seeker ids in the sample: a seeker drawn twice is two
+        seekers, as the bootstrap means."""
+        sizes = self.sizes[sample]
+        within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # 0, 1, … in each drawn seeker
+        return self.flat[np.repeat(self.first[sample], sizes) + within], np.repeat(np.arange(len(sample)), sizes)
 
 
 INTERACTION_METRICS = {  # metric(logits, labels, groups) of labelled interactions
@@ -145,11 +156,11 @@ def interaction_report(logits: dict, labels, groups, pairs: list[tuple], n_resam
     each (a, b) in pairs the difference a − b with its paired-bootstrap interval over seekers (groups)."""
     y, g = np.asarray(labels), np.asarray(groups)
     seekers, g_index = np.unique(g, return_inverse=True)
-    rows_of = [np.flatnonzero(g_index == k) for k in range(len(seekers))]
+    rows_of = SeekerRows(np.split(np.argsort(g_index, kind="stable"), np.cumsum(np.bincount(g_index))[:-1]))
 
     def on(name, metric):
         def stat(sample):
-            idx, new_g = seekers_sample(rows_of, sample)
+            idx, new_g = rows_of.sample(sample)
             return metric(np.asarray(logits[name])[idx], y[idx], new_g)
         return stat
 

@@ -80,9 +80,9 @@ def late_interaction(a: Tokens, b: Tokens, a_side: int = 0) -> torch.Tensor:
     text and a the seeker's (C: a_side 0) or a JD written for them (J′: a_side 1, its tokens weighted as a
     job's are): each token's best cosine on the other side, weighted by the softmax of its weight logit over
     its text's real tokens."""
-    sim = torch.einsum("...id,...kd->...ik", a.vectors, b.vectors)
-    a_best = sim.masked_fill(~b.mask[..., None, :], -2.0).amax(-1)  # [..., Ta]: each of a's tokens, its best in b
-    b_best = sim.masked_fill(~a.mask[..., :, None], -2.0).amax(-2)  # [..., Tb]
+    sim = torch.einsum("...id,...kd->...ik", a.vectors, b.vectors).masked_fill_(~b.mask[..., None, :], -2.0)
+    a_best = sim.amax(-1)  # [..., Ta]: each of a's tokens, its best in b
+    b_best = sim.masked_fill(~a.mask[..., :, None], -2.0).amax(-2)  # [..., Tb] (b's padding: weight 0 below)
     wa = a.weights[..., a_side].masked_fill(~a.mask, -torch.inf).softmax(-1)
     wb = b.weights[..., 1].masked_fill(~b.mask, -torch.inf).softmax(-1)
     return SIM_SCALE * torch.stack([(a_best * wa).sum(-1), (b_best * wb).sum(-1)], -1)
@@ -159,15 +159,17 @@ def encode_all(M: Matcher, tok, texts: list[str], max_len: int, batch_size: int 
     to the longest."""
     device = next(M.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    width = max([min(len(tok.encode(t)) or 1, max_len) for t in texts], default=1)
+    ids = [(tok.encode(t) or [tok.pad_or_eos_id])[:max_len] for t in texts]  # as texts_to_batch cuts them
+    width = max(map(len, ids), default=1)
     out = Tokens(torch.zeros(len(texts), width, M.proj_dim, device=device), torch.zeros(len(texts), width, 2, device=device),
                  torch.zeros(len(texts), width, dtype=torch.bool, device=device))
     was_training = M.training
     M.eval()
     for i in range(0, len(order), batch_size):
         idx = torch.tensor(order[i : i + batch_size], device=device)
+        x, mask = right_pad([ids[k] for k in idx.tolist()], tok.pad_or_eos_id)
         with autocast():
-            t = M.tokens(*texts_to_batch(tok, [texts[k] for k in idx.tolist()], max_len, device))
+            t = M.tokens(x.to(device), mask.to(device))
         for full, part in zip((out.vectors, out.weights, out.mask), (t.vectors, t.weights, t.mask)):
             full[idx, : part.shape[1]] = part.to(full.dtype)
     M.train(was_training)
@@ -201,12 +203,15 @@ def jprime_features(M: Matcher, tok, jprimes: list[str], j: Tokens, jds: list[st
 
 @torch.no_grad()
 def interaction_logits(M: Matcher, tok, rows: list[dict], jprime: dict | list[dict], max_len: int,
-                       autocast=contextlib.nullcontext):
+                       autocast=contextlib.nullcontext, jobs: tuple[list[str], Tokens] | None = None):
     """M's logits [n] of {"cv", "jd"} rows; jprime: CV -> its J′. Given a list of such maps, a list of logits,
-    M reading each (the J′ of G, of an oracle, of another seeker): every distinct text is encoded once."""
+    M reading each (the J′ of G, of an oracle, of another seeker): every distinct text is encoded once.
+    jobs: (JDs, their encode_all) already computed, holding every row's JD (a market's jobs)."""
     maps = jprime if isinstance(jprime, list) else [jprime]
-    cvs, jds = list(dict.fromkeys(r["cv"] for r in rows)), list(dict.fromkeys(r["jd"] for r in rows))
-    c, j = encode_all(M, tok, cvs, max_len, autocast=autocast), encode_all(M, tok, jds, max_len, autocast=autocast)
+    cvs = list(dict.fromkeys(r["cv"] for r in rows))
+    jds = jobs[0] if jobs else list(dict.fromkeys(r["jd"] for r in rows))
+    j = jobs[1] if jobs else encode_all(M, tok, jds, max_len, autocast=autocast)
+    c = encode_all(M, tok, cvs, max_len, autocast=autocast)
     ci, ji = {x: i for i, x in enumerate(cvs)}, {x: i for i, x in enumerate(jds)}
     a = torch.tensor([ci[r["cv"]] for r in rows], device=c.vectors.device)
     b = torch.tensor([ji[r["jd"]] for r in rows], device=c.vectors.device)

@@ -104,8 +104,9 @@ def test_interaction_report_resamples_seekers_not_rows():
 
 
 def test_a_seeker_drawn_twice_is_two_seekers():
-    idx, groups = ranking.seekers_sample([np.array([0, 1]), np.array([2])], np.array([0, 0, 1]))
-    assert idx.tolist() == [0, 1, 0, 1, 2] and groups.tolist() == [0, 0, 1, 1, 2]
+    rows = ranking.SeekerRows([np.array([0, 3]), np.array([2]), np.array([1, 4, 5])])
+    idx, groups = rows.sample(np.array([0, 0, 2, 1]))
+    assert idx.tolist() == [0, 3, 0, 3, 1, 4, 5, 2] and groups.tolist() == [0, 0, 1, 1, 2, 2, 2, 3]
 
 
 def test_match_loss_is_binary_cross_entropy():
