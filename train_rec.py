@@ -15,7 +15,8 @@ false for every new seeker. So M learns only from seekers G never learned from: 
 (rec_train.jsonl); with --data, rows whose CV is in --exclude-cvs (G's SFT data) are dropped.
 
 Validation chooses, test reports: each model keeps the step where it did best on the validation seekers
-(AUC of their applications, and on the market NDCG@k of ranking every job for them); the test seekers are
+(AUC of their applications, and on the market NDCG@k of ranking every job for them; the start, where M and
+M0 are the lexical score plus untrained token matches, is a candidate too); the test seekers are
 read only after all three models are chosen. Measured on the test seekers, every learned model beside the
 training-free references, with paired 95% intervals over seekers: AUC, GAUC and LogLoss of the cold-start
 seekers' applications and of warm ones (held-out interactions of M's own training seekers), and on the market
@@ -202,6 +203,18 @@ def validate(M) -> dict:
     return out
 
 
+def check(M, name: str, step: int, best: tuple | None) -> tuple:
+    """Validate M after `step` steps; (validation, weights) of the best step so far, this one if it is better
+    (no validation data, the score nan: the last step)."""
+    v = {"step": step} | validate(M)
+    history[name].append(v)
+    if best is None or not v["score"] <= best[0]["score"]:
+        best = (v, {k: t.detach().clone() for k, t in M.state_dict().items()})
+    log(f"{name} step {step}: validation " + "  ".join(f"{k} {x:.4f}" for k, x in v.items() if k != "step")
+        + ("  (best)" if best[0] is v else ""))
+    return best
+
+
 # ----------------------------------------------------------------------------- train M0, M and the scratch M0 alike
 max_steps = max(args.min_steps, math.ceil(args.epochs * len(seekers) / args.batch_seekers))
 models = {"M0": (False, base), "M": (True, base)} | ({} if args.no_scratch else {"M0, encoder not from G": (False, None)})
@@ -212,7 +225,8 @@ for name, (use_jprime, start) in models.items():
     optimizer = adamw(M, args.lr, args.weight_decay, fast=M.head, fast_scale=args.head_lr_scale)
     log(f"{name}: {M.num_parameters() / 1e6:.2f}M parameters, {max_steps} steps of {args.batch_seekers} seekers")
     progress, t0 = Progress(max_steps, args.log_every), time.time()
-    best, history[name] = None, []
+    history[name] = []
+    best = check(M, name, 0, None)  # the start is a candidate too: where training cannot beat it, M stays there
     M.train()
     for step in range(max_steps):
         lr = lr_at(step, max_steps, args.lr, args.warmup)
@@ -241,12 +255,7 @@ for name, (use_jprime, start) in models.items():
         optimizer.zero_grad(set_to_none=True)
         progress.step(step, sum(mask.sum().item() for _, mask in inputs), loss=loss.item(), lr=lr, grad_norm=grad_norm)
         if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
-            v = {"step": step + 1} | validate(M)
-            history[name].append(v)
-            if best is None or not v["score"] <= best[0]["score"]:  # no validation data (nan): the last step
-                best = (v, {k: t.detach().clone() for k, t in M.state_dict().items()})
-            log(f"{name} step {step + 1}: validation " + "  ".join(f"{k} {x:.4f}" for k, x in v.items() if k != "step")
-                + ("  (best)" if best[0] is v else ""))
+            best = check(M, name, step + 1, best)
     train_seconds[name] = time.time() - t0
     M.load_state_dict(best[1])
     M.eval()

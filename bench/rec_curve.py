@@ -8,8 +8,9 @@ Before it: python -m girl.market --gap --out data-gap && python train_sft.py --m
 
 For each share of M's training seekers (1, 2, 5, 10, 30, 100% of the 1,500), each training seed and each draw
 of the subset (one draw at 100%: the subset is everyone), train_rec.py trains M and M0 alike (the same steps:
-3 epochs, at least 100; each keeps its best step on the validation seekers) and measures them on the test
-seekers, with paired bootstrap intervals over seekers. Every run is a subprocess of one thread, --jobs at once,
+3 epochs, at least 100; each keeps its best step on the validation seekers, checked at the start and every 50
+steps) and measures them on the test seekers, with paired bootstrap intervals over seekers. Every run is a
+subprocess of one thread, --jobs at once,
 seed by seed, so that the runs done at any time cover every size and market. Each run's folder (its matchers
 and metrics.json) is RUNS/<market>/<seekers>-s<seed>-d<draw>/, and an interrupted bench goes on where it
 stopped. Writes OUT/rec-curve.json (every run's numbers), OUT/rec-curve.md (per size: M0 → M, the mean of
@@ -59,7 +60,7 @@ def run(name: str, seekers: int | None, seed: int, draw: int):
     if (f / "metrics.json").is_file():
         return
     cmd = [sys.executable, str(ROOT / "train_rec.py"), "--market-dir", market_dir, "--generator", generator,
-           "--seed", str(seed), "--draw", str(draw), "--out", str(f), "--no-scratch",
+           "--seed", str(seed), "--draw", str(draw), "--out", str(f), "--no-scratch", "--eval-every", "50",
            *(["--seekers", str(seekers)] if seekers else [])]
     f.parent.mkdir(parents=True, exist_ok=True)
     with open(f.parent / f"{f.name}.log", "w") as log:
@@ -78,6 +79,7 @@ def row(name: str, f: Path) -> dict:
 
 
 def report():
+    out.mkdir(parents=True, exist_ok=True)
     rows = [row(name, f) for name in markets for f in sorted((runs / name).glob("*-s*-d*"))
             if (f / "metrics.json").is_file()]
     rows.sort(key=lambda r: (r["market"], r["seekers"], r["seed"], r["draw"]))
@@ -89,8 +91,8 @@ def report():
             continue
         lines += [f"**{name} market** ({markets[name][0]}, J′ of {markets[name][1]}): M − M0 on the test seekers, "
                   "mean ± standard deviation over runs (seeds × draws), and how many runs' 95% bootstrap intervals lie "
-                  "above / below zero", "", "| M's seekers | runs | " + " | ".join(METRICS) + " |",
-                  "|---:|---:|" + "---|" * len(METRICS)]
+                  "above / below zero; the last column: where J′ helps by the rule below", "",
+                  "| M's seekers | runs | " + " | ".join(METRICS) + " | J′ helps |", "|---:|---:|" + "---|" * (len(METRICS) + 1)]
         for n in sorted({r["seekers"] for r in at_market}):
             at = [r for r in at_market if r["seekers"] == n]
             cells = []
@@ -99,14 +101,29 @@ def report():
                 above, below = sum(r[k]["M - M0"]["lo"] > 0 for r in at), sum(r[k]["M - M0"]["hi"] < 0 for r in at)
                 cells.append(f"{np.mean([r[k]['M0'] for r in at]):.3f} → {np.mean([r[k]['M'] for r in at]):.3f}: "
                              f"{d.mean():+.3f} ± {d.std(ddof=1) if len(d) > 1 else 0:.3f} ({above}↑ {below}↓)")
-            lines.append(f"| {n} | {len(at)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {n} | {len(at)} | " + " | ".join(cells) + f" | {', '.join(helps(at)) or 'no'} |")
         ref = at_market[0]
         lines += ["", "Training-free references on the same test seekers: " + "; ".join(
             f"{k}: lexical C→J {ref[k]['lexical C→J']:.3f}, J′→J {ref[k]['lexical J′→J']:.3f}, C+J′ "
-            f"{ref[k]['lexical C+J′']:.3f}" for k in ("cold AUC", "NDCG@10")), ""]
+            f"{ref[k]['lexical C+J′']:.3f}" for k in ("cold AUC", "NDCG@10")), "",
+            "J′ helps on a metric when M − M0 clears both kinds of noise and M beats word overlap: the mean over "
+            "runs minus one standard deviation is above zero (at least 2 runs), every run's bootstrap interval lies "
+            "above zero, and M's mean is above every lexical row's.", ""]
     (out / "rec-curve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(rows)
+
+
+def helps(at: list[dict]) -> list[str]:
+    """The metrics on which J′ helps in these runs (one size of one market), by the rule the table states."""
+    out = []
+    for k in METRICS:
+        d = np.array([r[k]["M - M0"]["diff"] for r in at])
+        clears = len(d) > 1 and d.mean() - d.std(ddof=1) > 0 and all(r[k]["M - M0"]["lo"] > 0 for r in at)
+        lexical = max(np.mean([r[k][s] for r in at]) for s in SYSTEMS if s.startswith("lexical"))
+        if clears and np.mean([r[k]["M"] for r in at]) > lexical:
+            out.append(k)
+    return out
 
 
 def plot(rows: list[dict]):

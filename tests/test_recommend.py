@@ -345,7 +345,7 @@ def test_train_rec_on_a_tiny_market(trained):
         assert d_auc["diff"] == pytest.approx(metrics[split]["M"]["auc"] - metrics[split]["M0"]["auc"], abs=1e-12)
     assert metrics["ranking"]["oracle f (ceiling)"]["ndcg@10"] == 1.0
     for name, v in metrics["validation"].items():  # each model keeps its best validation step
-        assert v["chosen"] == max(v["history"], key=lambda h: (h["score"], h["step"])) and "auc" in v["chosen"]
+        assert v["chosen"] == max(v["history"], key=lambda h: (h["score"], -h["step"])) and "auc" in v["chosen"]
     # the lexical rows are the TF-IDF cosines of the market's JDs, recomputed here
     test = read_jsonl(d / "data" / "interactions_test.jsonl", "interactions")
     jobs = [json.loads(line)["jd"] for line in (d / "data" / "jobs.jsonl").read_text().splitlines()]
@@ -370,8 +370,9 @@ def test_train_rec_keeps_the_best_validation_step(trained, tmp_path):
     run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / "data", *REC_FLAGS, "--no-scratch",
         "--lr", "0.05", "--epochs", "4", "--eval-every", "1", "--cache-dir", d / "cache", "--out", tmp_path / "rec")
     metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
-    for v in metrics["validation"].values():
-        assert v["chosen"] == max(v["history"], key=lambda h: (h["score"], h["step"]))
+    for v in metrics["validation"].values():  # the start (step 0) is a candidate, then every step
+        assert [h["step"] for h in v["history"]] == list(range(len(v["history"])))
+        assert v["chosen"] == max(v["history"], key=lambda h: (h["score"], -h["step"]))
     assert any(v["chosen"]["step"] < v["history"][-1]["step"] for v in metrics["validation"].values())
     from girl.lm.tokenizer import Tokenizer
     val = read_jsonl(d / "data" / "interactions_val.jsonl", "interactions")
