@@ -3,8 +3,10 @@ method, never imported by it), and no module imports another that imports it bac
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +116,17 @@ def test_stages_import_only_the_run_time_packages():
                      [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_the_installed_package_holds_every_module(tmp_path):
+    """`pip install .` installs what `import girl...` needs: the wheel built from pyproject.toml holds every
+    module of girl/ (it once held girl/*.py alone, without girl.lm and girl.market)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    shutil.copytree(ROOT / "girl", src / "girl", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist"],
+                   cwd=src, check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("girl-*.whl"))
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    assert shipped == {p.relative_to(ROOT).as_posix() for p in modules().values()}
