@@ -5,6 +5,7 @@ imports nothing else of the package.
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,11 +25,23 @@ def plain_file_name(name) -> bool:
 
 
 def write_json(path, obj):
-    """JSON through a temporary file and a rename."""
+    """JSON through a temporary file and a rename; a metric that is not a number (nan: no seeker had both
+    labels) is written null, as JSON has no NaN and other readers refuse Python's bare NaN."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(_finite(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _finite(obj):
+    """obj with every nan or ±inf float replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_jsonl(path, rows: list[dict]):

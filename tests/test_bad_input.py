@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from girl.cli import COUNT, FINITE, POSITIVE, PROBABILITY_MASS, RATE, UNIT
@@ -98,3 +99,12 @@ def test_out_last_that_holds_something_else_is_not_overwritten(market, tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert f"error: --out-last {model} holds something else than a resumable state" in r.stderr
         assert {p.name: p.read_bytes() for p in model.iterdir()} == before and not (tmp_path / "o").exists()
+
+
+def test_metrics_without_a_number_are_valid_json(tmp_path):
+    """A metric that is nan (no seeker with both labels) is written null: metrics.json stays JSON that strict
+    readers accept, not Python's bare NaN."""
+    from girl.files import write_json
+    write_json(tmp_path / "metrics.json", {"auc": float("nan"), "ranking": {"ndcg@10": [1.0, float("inf"), np.float64("nan")]}})
+    strict = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert strict == {"auc": None, "ranking": {"ndcg@10": [1.0, None, None]}}
