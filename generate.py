@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import (COUNT, COUNT0, FINITE, MAKES, PROBABILITY_MASS, fail, log, newest_generator, open_model, parser,
+from girl.cli import (COUNT, COUNT0, FINITE, MAKES, PROBABILITY_MASS, check_out, fail, log, newest_generator, open_model, parser,
                       prompts_for, setup)
 from girl.data import DataError, read_jsonl
 from girl.files import atomic_dir, write_json, write_jsonl
@@ -83,6 +83,8 @@ if args.output and not args.input:
     fail("--output writes the results of --input; give --input cvs.jsonl too (or use --json for one CV)")
 if args.input and args.output and Path(args.input).resolve() == Path(args.output).resolve():
     fail(f"--output {args.output} is --input: it would overwrite the CVs; write somewhere else")
+if args.output:
+    check_out(args.output, "--output", folder=False)
 if args.resume and not (args.input and args.output):
     fail("--resume goes on with an interrupted --input/--output run; give both")
 if args.greedy and args.num_return > 1:

@@ -28,7 +28,7 @@ import torch
 
 from girl import evaluation, market, ppo
 from girl.cli import (COUNT, COUNT0, FINITE, NONNEGATIVE, POSITIVE, UNIT, add_fsdp_flag, add_market_flags, barrier,
-                      check_out_last, fail, finish, log, parallel, parser, resuming, setup, stop_if_not_finite)
+                      check_out, check_out_last, fail, finish, log, parallel, parser, resuming, setup, stop_if_not_finite)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, atomic_dir
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
@@ -91,6 +91,7 @@ args = p.parse_args()
 args.sft = args.sft or str(Path(args.init) / "sft")
 args.rm = args.rm or str(Path(args.init) / "rm")
 args.out_last = args.out_last or args.out.rstrip("/") + "-last"
+check_out(args.out), check_out(args.out_last, "--out-last")
 
 run = setup(args.seed, fsdp=args.fsdp)
 rank, world, device, autocast = run.rank, run.world, run.device, run.autocast

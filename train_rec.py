@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from girl import market, ranking
-from girl.cli import (COUNT, COUNT0, POSITIVE, NONNEGATIVE, add_market_flags, fail, log, newest_generator, open_model,
+from girl.cli import (COUNT, COUNT0, POSITIVE, NONNEGATIVE, add_market_flags, check_out, fail, log, newest_generator, open_model,
                       parser, setup)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, write_json
@@ -107,6 +107,7 @@ p.add_argument("--bootstrap", type=COUNT, default=1000, help="paired-bootstrap r
 p.add_argument("--out", default="ckpt/rec", help="folder for m/, m0/, m0-scratch/ and metrics.json (default: ckpt/rec)")
 p.add_argument("--log-every", type=COUNT, default=50, help="progress line every N steps (default: 50)")
 args = p.parse_args()
+check_out(args.out)
 
 run = setup(args.seed, distributed=False)
 device, autocast = run.device, run.autocast

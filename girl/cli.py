@@ -120,11 +120,24 @@ def check_out_last(out_last, state_file: str):
              "missing), and would be overwritten; give another --out-last")
 
 
+def check_out(path, flag: str = "--out", folder: bool = True):
+    """Before any long work, refuse an output this process could not write at the end: a file where a folder
+    goes (or a folder where a file goes), or a place under a file or a folder it may not write to."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        fail(f"{flag} {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path")
+    above = next(p for p in path.absolute().parents if p.exists())  # the deepest part that exists already
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        fail(f"{flag} {path}: {above} is {'a file' if not above.is_dir() else 'not writable'}, so nothing could be "
+             "written there; give another path")
+
+
 def training_args(p):
     """Parse the flags; fill in --out-last and the learning rate of the model chosen."""
     args = p.parse_args()
     args.out_last = args.out_last or args.out.rstrip("/") + "-last"
     recover(args.out)  # a save killed mid-way (kill -9) is finished before anything else
+    check_out(args.out), check_out(args.out_last, "--out-last")
     check_out_last(args.out_last, "trainer_state.json")
     args.lr = args.lr or p.lr_defaults["builtin" if args.model == "builtin" else "pretrained"]
     return args

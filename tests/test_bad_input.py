@@ -108,3 +108,20 @@ def test_metrics_without_a_number_are_valid_json(tmp_path):
     write_json(tmp_path / "metrics.json", {"auc": float("nan"), "ranking": {"ndcg@10": [1.0, float("inf"), np.float64("nan")]}})
     strict = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert strict == {"auc": None, "ranking": {"ndcg@10": [1.0, None, None]}}
+
+
+@pytest.mark.parametrize("script, flag", [("train_sft.py", "--out"), ("train_rm.py", "--out-last"), ("train_ppo.py", "--out"),
+                                          ("train_rec.py", "--out"), ("generate.py", "--output")])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, script, flag):
+    """--out a file (a folder goes there), or a path under a file: refused at once, naming the flag, and the
+    user's file is neither moved nor changed (train_sft.py --out FILE once moved it aside, then crashed)."""
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    extra = ["--input", tmp_path / "cvs.jsonl"] if script == "generate.py" else []
+    targets = ([tmp_path / "notes.txt" / "out.jsonl", tmp_path] if script == "generate.py"
+               else [mine, tmp_path / "notes.txt" / "ckpt"])
+    for target in targets:
+        r = run(script, *extra, flag, target, cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"error: {flag} {target}" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and mine.read_text() == "mine"
