@@ -56,7 +56,7 @@ p.add_argument("--top-k", type=COUNT, help="sample among the k most likely token
 p.add_argument("--top-p", type=PROBABILITY_MASS, help="sample from the smallest set of tokens with this much probability (default: 1)")
 p.add_argument("--greedy", action="store_true", help="always take the most likely token (one J′ per CV)")
 p.add_argument("--max-new-tokens", type=COUNT, default=128, help="J′ length limit in tokens (default: 128)")
-p.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed writes the same J′ (default: 0)")
+p.add_argument("--seed", type=COUNT0, default=0, help="sampling seed; the same seed writes the same J′ (default: 0)")
 p.add_argument("--batch-size", type=COUNT, default=64, help="sequences sampled at once (default: 64)")
 # Recommendation (stage 4)
 p.add_argument("--recommend", type=COUNT, metavar="K", help="also rank real jobs with the matcher M, reading J′, and "

@@ -77,7 +77,7 @@ p.add_argument("--lr", type=POSITIVE, help="actor learning rate (default: 1e-4 b
 p.add_argument("--critic-lr", type=POSITIVE, help="critic learning rate (default: 3x the actor's)")
 p.add_argument("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW decay of weight matrices (default: 0)")
 p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip each model's gradient norm to this (default: 1)")
-p.add_argument("--seed", type=int, default=0, help="seed of prompts order, sampling and the market (default: 0)")
+p.add_argument("--seed", type=COUNT0, default=0, help="seed of prompts order, sampling and the market (default: 0)")
 # Evaluation
 p.add_argument("--eval-cvs", type=COUNT, default=200, help="held-out CVs scored before and after (default: 200)")
 p.add_argument("--eval-every", type=COUNT0, default=0, help="also evaluate every N iterations; 0: only before/after")

@@ -95,7 +95,7 @@ p.add_argument("--head-lr-scale", type=POSITIVE, default=30.0,
 p.add_argument("--warmup", type=COUNT0, default=20, help="linear warmup steps (default: 20)")
 p.add_argument("--weight-decay", type=NONNEGATIVE, default=0.1, help="AdamW decay of weight matrices (default: 0.1)")
 p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip the gradient norm to this (default: 1.0)")
-p.add_argument("--seed", type=int, default=0, help="seed of the data order, the new weights' init and sampling (default: 0)")
+p.add_argument("--seed", type=COUNT0, default=0, help="seed of the data order, the new weights' init and sampling (default: 0)")
 # Evaluation and output
 p.add_argument("--eval-every", type=COUNT, default=100, help="measure on the validation seekers every N steps (default: 100)")
 p.add_argument("--val-rank-seekers", type=COUNT0, default=100,

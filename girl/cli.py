@@ -84,7 +84,7 @@ def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, ev
     p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip the gradient norm to this (default: 1.0)")
     p.add_argument("--epochs", type=POSITIVE, default=1.0, help=f"passes over the training {unit} (default: 1)")
     p.add_argument("--max-steps", type=COUNT, help="optimizer steps; overrides --epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order, the init and the market (default: 0)")
+    p.add_argument("--seed", type=COUNT0, default=0, help="seed of the data order, the init and the market (default: 0)")
     p.add_argument("--eval-every", type=COUNT, default=eval_every,
                    help=f"evaluate (and save) every N steps (default: {eval_every})")
     p.add_argument("--out", default=out, help=f"best checkpoint (default: {out})")

@@ -47,6 +47,8 @@ def test_number_types_take_what_they_say_and_nothing_else():
     ("generate.py", "--top-p", "1.5", "argument --top-p: must be finite and > 0 and <= 1, got 1.5"),
     ("generate.py", "--num-return", "0", "argument --num-return: must be >= 1, got 0"),
     ("train_ppo.py", "--kl-coef", "nan", "argument --kl-coef: must be finite and >= 0, got nan"),
+    ("train_rec.py", "--seed", "-1", "argument --seed: must be >= 0, got -1"),  # numpy's generator takes no -1
+    ("train_sft.py", "--seed", "-1", "argument --seed: must be >= 0, got -1"),
 ])
 def test_every_script_checks_its_numbers_at_parse_time(tmp_path, script, flag, value, message):
     r = run(script, flag, value, cwd=tmp_path)
