@@ -117,7 +117,7 @@ if args.eval:
     try:
         rows = (read_jsonl(args.eval_data, "ppo")[: args.eval_cvs] if args.eval_data else
                 market.heldout(market.ensure(args.market_dir, args.lang, seed=None), args.eval_cvs))
-    except DataError as e:
+    except (DataError, market.MarketError) as e:
         fail(str(e))
     on_market = all("seeker" in r for r in rows)
     oracle = market.Oracle(market.seekers(rows), args.lang) if on_market else None
@@ -178,7 +178,10 @@ try:
             fail(f"{args.cv_file or '--cv'}: the CV is empty; give the seeker's CV as text")
         rows, names = [{"cv": cv.strip()}], [args.cv_file or "the CV"]
     else:
-        held = market.heldout(market.ensure(args.market_dir, args.lang, seed=None), args.example + 1)
+        try:
+            held = market.heldout(market.ensure(args.market_dir, args.lang, seed=None), args.example + 1)
+        except market.MarketError as e:
+            fail(str(e))
         if args.example >= len(held):
             fail(f"--example {args.example}: the market has only {len(held)} held-out CVs")
         rows, names = held[args.example :], [f"held-out market CV {args.example}"]
@@ -236,7 +239,7 @@ if M is not None:
     try:
         job_rows = (read_jsonl(args.jobs, "jobs") if args.jobs else
                     [{"jd": t} for t in market.load_jobs(market.ensure(args.market_dir, args.lang, seed=None))[0]])
-    except DataError as e:
+    except (DataError, market.MarketError) as e:
         fail(str(e))
     max_len = m_args.get("max_len", 128)
     jds = [r["jd"] for r in job_rows]

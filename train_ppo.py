@@ -103,7 +103,7 @@ try:
         barrier(world)  # rank 0 builds the market, once
     train_rows = read_jsonl(args.data or mdir / "ppo.jsonl", "ppo")
     eval_rows = read_jsonl(args.eval_data or mdir / "val.jsonl", "ppo")[: args.eval_cvs]
-except DataError as e:
+except (DataError, market.MarketError) as e:
     fail(str(e))
 on_market = all("seeker" in r for r in eval_rows)
 oracle = market.Oracle(market.seekers(eval_rows), args.lang) if on_market else None

@@ -126,7 +126,7 @@ try:
     exclude = args.exclude_cvs or (mdir / "sft_train.jsonl" if mdir else None)
     leaked = {r["cv"] for r in read_jsonl(exclude, "ppo")} if exclude else set()
     test_file = args.test_data or (mdir / "interactions_test.jsonl" if mdir else None)
-except DataError as e:
+except (DataError, market.MarketError) as e:
     fail(str(e))
 if test_file is None:
     fail("no cold-start seekers to measure on: give --test-data (interactions of seekers in no training set)")

@@ -301,7 +301,7 @@ def load_rows(args, schema: str, run: Run):
         rows = read_jsonl(args.data, schema)
         if args.eval_data:
             return rows, read_jsonl(args.eval_data, schema), None
-    except DataError as e:
+    except (DataError, market.MarketError) as e:
         fail(str(e))
     random.Random(args.seed).shuffle(rows)
     cut = max(1, len(rows) // 20)

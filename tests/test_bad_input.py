@@ -127,3 +127,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, s
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert f"error: {flag} {target}" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and mine.read_text() == "mine"
+
+
+def test_a_script_on_a_market_of_the_other_language_says_so(market, tmp_path):
+    """train_sft.py --market-dir of an en market with --lang zh: one error line, and the market untouched."""
+    before = {p.name: p.read_bytes() for p in market.iterdir()}
+    r = run("train_sft.py", "--market-dir", market, "--lang", "zh", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {market / 'market.json'}: this folder holds the market of lang en, seed 0, not zh" in r.stderr
+    assert {p.name: p.read_bytes() for p in market.iterdir()} == before

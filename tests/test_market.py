@@ -188,3 +188,39 @@ def test_ensure_adds_the_validation_seekers_to_a_market_written_before_them(tmp_
     assert {k: after[k] for k in before} == before  # every earlier file as it was: the test seekers too
     assert all(after[name] for name in validation)  # and the validation seekers new
     assert len(after["val.jsonl"].splitlines()) == 400  # the default number of validation seekers
+
+
+def test_a_build_cut_short_is_never_taken_for_a_market(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of writing the files: market.json, written last, is gone, so the next ensure()
+    builds the folder again rather than read files of two builds."""
+    from girl.market import ensure, splits
+    build(tmp_path, "en", seed=0, n_jobs=50, seekers=dict(sft=5, rm=5, ppo=2, test=2, val=2))
+    (tmp_path / "rec_train.jsonl").unlink()  # an older layout: ensure() rebuilds it in place
+    written, write = [], splits.write_jsonl
+
+    def cut_short(path, rows):
+        if len(written) == 13:  # every file but jobs.jsonl rewritten
+            raise KeyboardInterrupt
+        written.append(path)
+        write(path, rows)
+
+    monkeypatch.setattr(splits, "write_jsonl", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        ensure(tmp_path, "en", seed=0)
+    assert len(written) == 13 and not (tmp_path / "market.json").exists()
+    builds = []
+    monkeypatch.setattr(splits, "build", lambda *a, **k: builds.append(a))
+    ensure(tmp_path, "en", seed=None)  # every file ensure() looks for is there, but not of one build: built anew
+    assert builds == [(tmp_path, "en", 0)]
+
+
+@pytest.mark.parametrize("lang, seed", [("zh", None), ("en", 1)])
+def test_a_market_of_another_lang_or_seed_is_refused_not_rebuilt(tmp_path, lang, seed):
+    """--lang zh or --seed 1 with the folder of an en, seed-0 market: the checkpoints trained on it would no
+    longer match their data, so the folder is left as it is and the error says what to pass."""
+    from girl.market import MarketError, ensure
+    build(tmp_path, "en", seed=0, n_jobs=50, seekers=dict(sft=5, rm=5, ppo=2, test=2, val=2))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(MarketError, match=r"holds the market of lang en, seed 0.*give --lang en \(and --seed 0\)"):
+        ensure(tmp_path, lang, seed)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

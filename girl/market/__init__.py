@@ -25,7 +25,7 @@ from girl.market.oracle import (
                                 reference_jobs,
                                 references,
 )
-from girl.market.splits import SPLITS, build, ensure, heldout, load_jobs, reference_jds, seekers
+from girl.market.splits import SPLITS, MarketError, build, ensure, heldout, load_jobs, reference_jds, seekers
 from girl.market.text import LANGS, parse_jd, render_cv, render_jd
 from girl.market.world import Job, Seeker, compatibility
 

@@ -19,10 +19,14 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from girl.files import write_jsonl
+from girl.files import write_json, write_jsonl
 from girl.market.oracle import reference_jobs
 from girl.market.text import LANGS, render_cv, render_jd
 from girl.market.world import Job, Seeker, accepted, applications, sample_job, sample_seeker
+
+class MarketError(ValueError):
+    """A market folder that holds another market than the one asked for; the message says what to pass."""
+
 
 SPLITS = dict(sft=4000, rm=1500, ppo=600, test=400, val=400)  # seekers per split, drawn in this order
 HELD_OUT = ("val", "test")  # seekers of no training split: <name>.jsonl, sft_<name>, rm_<name>, interactions_<name>
@@ -72,31 +76,37 @@ def build(out_dir, lang: str = "zh", seed: int = 0, n_jobs: int = 2000, seekers:
     files["jobs"] = [{"jd": t, "job": asdict(j)} for j, t in zip(jobs, jd_text)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "market.json").unlink(missing_ok=True)  # written last: a build cut short leaves no folder ensure() accepts
     for name, rows in files.items():
         write_jsonl(out / f"{name}.jsonl", rows)
     counts = {name: len(rows) for name, rows in files.items()}
     meta = dict(note="synthetic job market made by girl.market; no real people or companies",
                 lang=lang, seed=seed, n_jobs=n_jobs, seekers=seekers, counts=counts) | ({"gap": True} if gap else {})
-    (out / "market.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out / "market.json", meta)
     return counts
 
 
 def ensure(out_dir, lang: str = "zh", seed: int | None = 0) -> Path:
-    """The market's folder, built on first use (or rebuilt if it was made for another lang or seed;
-    seed None takes a market of any seed, and builds seed 0 if there is none). A gap market stays one;
-    a folder written before its current files existed (rec_train.jsonl, the validation split) is rebuilt
-    whole: the same draws, and the files of today."""
+    """The market's folder, built on first use (seed None takes a market of any seed, and builds seed 0 if
+    there is none). A folder that holds a market of another lang or seed is refused (MarketError), never
+    rebuilt in place under the checkpoints trained on it. A gap market stays one; a folder written before its
+    current files existed (rec_train.jsonl, the validation split) is rebuilt whole: the same draws, and the
+    files of today. market.json is written last: without it (a build cut short) the folder is built again."""
     out = Path(out_dir)
     meta = out / "market.json"
     sizes: dict = {}
     if meta.is_file():
         m = json.loads(meta.read_text(encoding="utf-8"))
-        if m.get("lang") == lang and seed in (None, m.get("seed")):
-            if all((out / f"{name}.jsonl").is_file() for name in ("rec_train", *HELD_OUT)):
-                return out
-            sizes = {("test" if k == "eval" else k): v for k, v in m["seekers"].items()}  # "eval" was the test part's name
-            sizes.setdefault("val", SPLITS["val"])
-            seed, sizes = m["seed"], dict(n_jobs=m["n_jobs"], seekers=sizes, gap=m.get("gap", False))
+        if m.get("lang") != lang or seed not in (None, m.get("seed")):
+            asked = lang + ("" if seed is None else f", seed {seed}")
+            raise MarketError(f"{meta}: this folder holds the market of lang {m.get('lang')}, seed {m.get('seed')}, not "
+                              f"{asked}; give --lang {m.get('lang')} (and --seed {m.get('seed')}) to use it, or another "
+                              "--market-dir for a new market")
+        if all((out / f"{name}.jsonl").is_file() for name in ("rec_train", *HELD_OUT)):
+            return out
+        sizes = {("test" if k == "eval" else k): v for k, v in m["seekers"].items()}  # "eval" was the test part's name
+        sizes.setdefault("val", SPLITS["val"])
+        seed, sizes = m["seed"], dict(n_jobs=m["n_jobs"], seekers=sizes, gap=m.get("gap", False))
     seed = 0 if seed is None else seed
     print(f"building the synthetic job market ({lang}, seed {seed}{', gap' if sizes.get('gap') else ''}) in {out}/ ...")
     build(out, lang, seed, **sizes)
