@@ -105,7 +105,7 @@ def report():
         ref = at_market[0]
         lines += ["", "Training-free references on the same test seekers: " + "; ".join(
             f"{k}: lexical C→J {ref[k]['lexical C→J']:.3f}, J′→J {ref[k]['lexical J′→J']:.3f}, C+J′ "
-            f"{ref[k]['lexical C+J′']:.3f}" for k in ("cold AUC", "NDCG@10")), "",
+            f"{ref[k]['lexical C+J′']:.3f}" for k in ("cold AUC", "NDCG@10", "recall@10")), "",
             "J′ helps on a metric when M − M0 clears both kinds of noise and M beats word overlap: the mean over "
             "runs minus one standard deviation is above zero (at least 2 runs), every run's bootstrap interval lies "
             "above zero, and M's mean is above every lexical row's.", ""]

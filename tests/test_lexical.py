@@ -78,3 +78,13 @@ def test_ndcg_at_k_equals_sklearns_with_ties_averaged():
             scores = rng.integers(0, 6, 40).astype(float)  # six values over 40 jobs: ties everywhere
             expected = ndcg_score(gains[None], scores[None], k=k, ignore_ties=False)
             assert ranking.ndcg_at_k(scores, gains, k) == pytest.approx(expected, abs=FLOAT64)
+
+
+def test_a_refit_forgets_the_vectors_of_the_previous_fit():
+    """Each text's vector is kept once computed (matchers read the same texts every step); fitting again on
+    other texts must give the new fit's vectors, as a fresh TfIdf would."""
+    a, b = ["java sql python", "nurse icu care"], ["sales crm excel", "java spring sql", "nurse icu ward"]
+    tfidf = TfIdf().fit(a)
+    first = tfidf.cosine(["java sql"], ["java spring sql"])
+    again = tfidf.fit(b).cosine(["java sql"], ["java spring sql"])
+    assert again == TfIdf().fit(b).cosine(["java sql"], ["java spring sql"]) and again != first
