@@ -178,15 +178,12 @@ try:
             fail(f"{args.cv_file or '--cv'}: the CV is empty; give the seeker's CV as text")
         rows, names = [{"cv": cv.strip()}], [args.cv_file or "the CV"]
     else:
-        try:
-            held = market.heldout(market.ensure(args.market_dir, args.lang, seed=None), args.example + 1)
-        except market.MarketError as e:
-            fail(str(e))
+        held = market.heldout(market.ensure(args.market_dir, args.lang, seed=None), args.example + 1)
         if args.example >= len(held):
             fail(f"--example {args.example}: the market has only {len(held)} held-out CVs")
         rows, names = held[args.example :], [f"held-out market CV {args.example}"]
         oracle = market.Oracle(market.seekers(rows), args.lang)  # the market knows this seeker
-except DataError as e:
+except (DataError, market.MarketError) as e:
     fail(str(e))
 prompts = prompts_for(tok, G.config, [r["cv"] for r in rows], names, args.lang, args.max_new_tokens)
 

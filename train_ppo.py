@@ -91,7 +91,8 @@ args = p.parse_args()
 args.sft = args.sft or str(Path(args.init) / "sft")
 args.rm = args.rm or str(Path(args.init) / "rm")
 args.out_last = args.out_last or args.out.rstrip("/") + "-last"
-check_out(args.out), check_out(args.out_last, "--out-last")
+check_out(args.out)
+check_out(args.out_last, "--out-last")
 
 run = setup(args.seed, fsdp=args.fsdp)
 rank, world, device, autocast = run.rank, run.world, run.device, run.autocast

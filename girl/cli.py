@@ -137,7 +137,8 @@ def training_args(p):
     args = p.parse_args()
     args.out_last = args.out_last or args.out.rstrip("/") + "-last"
     recover(args.out)  # a save killed mid-way (kill -9) is finished before anything else
-    check_out(args.out), check_out(args.out_last, "--out-last")
+    check_out(args.out)
+    check_out(args.out_last, "--out-last")
     check_out_last(args.out_last, "trainer_state.json")
     args.lr = args.lr or p.lr_defaults["builtin" if args.model == "builtin" else "pretrained"]
     return args

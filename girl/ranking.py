@@ -128,13 +128,13 @@ def _sigmoid(x):
 
 
 class SeekerRows:
-    """Each seeker's rows (rows_of[k]: the row indices of seeker k), laid out once, so that the bootstrap's
-    thousands of samples of seekers become their rows by array arithmetic."""
+    """Each seeker's rows (group[i]: the seeker 0, 1, … of row i), laid out once in seeker order, so that the
+    bootstrap's thousands of samples of seekers become their rows by array arithmetic."""
 
-    def __init__(self, rows_of: list[np.ndarray]):
-        self.sizes = np.array([len(r) for r in rows_of], dtype=np.int64)
+    def __init__(self, group: np.ndarray):
+        self.flat = np.argsort(group, kind="stable")  # seeker 0's rows, then seeker 1's, … each in row order
+        self.sizes = np.bincount(group)
         self.first = np.cumsum(self.sizes) - self.sizes  # where seeker k's rows start in flat
-        self.flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows_of] or [np.zeros(0, np.int64)])
 
     def sample(self, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows of the sampled seekers and their seeker ids in the sample: a seeker drawn twice is two
@@ -156,7 +156,7 @@ def interaction_report(logits: dict, labels, groups, pairs: list[tuple], n_resam
     each (a, b) in pairs the difference a − b with its paired-bootstrap interval over seekers (groups)."""
     y, g = np.asarray(labels), np.asarray(groups)
     seekers, g_index = np.unique(g, return_inverse=True)
-    rows_of = SeekerRows(np.split(np.argsort(g_index, kind="stable"), np.cumsum(np.bincount(g_index))[:-1]))
+    rows_of = SeekerRows(g_index)
 
     def on(name, metric):
         def stat(sample):

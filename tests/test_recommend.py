@@ -104,7 +104,7 @@ def test_interaction_report_resamples_seekers_not_rows():
 
 
 def test_a_seeker_drawn_twice_is_two_seekers():
-    rows = ranking.SeekerRows([np.array([0, 3]), np.array([2]), np.array([1, 4, 5])])
+    rows = ranking.SeekerRows(np.array([0, 2, 1, 0, 2, 2]))  # seeker 0: rows 0, 3; seeker 1: row 2; seeker 2: 1, 4, 5
     idx, groups = rows.sample(np.array([0, 0, 2, 1]))
     assert idx.tolist() == [0, 3, 0, 3, 1, 4, 5, 2] and groups.tolist() == [0, 0, 1, 1, 2, 2, 2, 3]
 
