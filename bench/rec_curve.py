@@ -8,7 +8,7 @@ Before it: python -m girl.market --gap --out data-gap && python train_sft.py --m
 
 For each share of M's training seekers (1, 2, 5, 10, 30, 100% of the 1,500), each training seed and each draw
 of the subset (one draw at 100%: the subset is everyone), train_rec.py trains M and M0 alike (the same steps:
-3 epochs, at least 100; each keeps its best step on the validation seekers, checked at the start and every 50
+2 epochs, at least 100; each keeps its best step on the validation seekers, checked at the start and every 50
 steps) and measures them on the test seekers, with paired bootstrap intervals over seekers. Every run is a
 subprocess of one thread, --jobs at once,
 seed by seed, so that the runs done at any time cover every size and market. Each run's folder (its matchers

@@ -9,13 +9,18 @@ real job, reading also the JD J′ that G wrote for the seeker; M0(C, J) is the 
 M reads a pair of texts by late interaction (ColBERT, Khattab & Zaharia 2020): one encoder, started from G's
 embeddings and lowest blocks, turns each token into a unit vector; every token of the seeker's text finds its
 best match among the job's tokens and the other way round, and each side's matches are averaged with
-weights the encoder gives its tokens (a CV's years and skills count, its name does not):
+weights the encoder gives its tokens (a CV's years and skills count, its name does not). A match is half
+whether the two are the same token, half their cosine (the exact match of COIL, Gao et al. 2021):
 
-    s(A → B) = Σ_i w_i · max_k cos(a_i, b_k),   w = softmax over A's tokens
+    s(A → B) = Σ_i w_i · max_k ½·([a_i = b_k] + cos(a_i, b_k)),   w = softmax over A's tokens
+
+The exact half makes a skill or a city named on both sides a match from the first step, so what training
+must learn first is which tokens count (the weights), and the cosines learn what exact matching misses
+(the encoder's context lets "3年" in a CV match "3年以上" in a JD and not "5年以上"). With cosines alone the
+token matches barely learned in a default run (M0 at the lexical reference); the README's stage 4 has the numbers.
 
 A mean-pooled vector of a whole text keeps what it is about and loses which words it holds; token matches
-keep them, and the encoder's context lets "3年" in a CV match "3年以上" in a JD and not "5年以上". Beside the
-learned matches the head reads the training-free lexical reference (girl/lexical.py):
+keep them. Beside the learned matches the head reads the training-free lexical reference (girl/lexical.py):
 
     M0(C, J)     = h · [s(C → J), s(J → C), lex(C, J)] + b
     M(C, J, J′)  = h · [s(C → J), s(J → C), lex(C, J), s(J′ → J), s(J → J′), lex(J′, J)] + b
@@ -52,6 +57,7 @@ from girl.reward import u_scores
 from girl.template import prompt_ids
 
 SEEKER, JOB = 0, 1  # which of a token's two weights counts: as a seeker's text (C), as a job's (J, and J′)
+EXACT = 0.5  # a token pair's match: this share is whether they are the same token, the rest their cosine
 SIM_SCALE = 5.0  # cosines span [-1, 1]; scaled so that the head's logits have a useful range from the start
 LEX_INIT, SIM_INIT, BIAS_INIT = 10.0, 1.0, -1.0  # the head's start: the lexical score plus the token matches
 
@@ -59,17 +65,19 @@ LEX_INIT, SIM_INIT, BIAS_INIT = 10.0, 1.0, -1.0  # the head's start: the lexical
 @dataclass
 class Tokens:
     """Texts as M reads them: unit token vectors [B, T, p], each token's weight logits as the seeker's text
-    (column 0) and as the job's (column 1) [B, T, 2], and the mask of real tokens [B, T] (bool)."""
+    (column 0) and as the job's (column 1) [B, T, 2], the mask of real tokens [B, T] (bool) and the token
+    ids [B, T], for the exact matches."""
     vectors: torch.Tensor
     weights: torch.Tensor
     mask: torch.Tensor
+    ids: torch.Tensor
 
     def __getitem__(self, index) -> "Tokens":
-        return Tokens(self.vectors[index], self.weights[index], self.mask[index])
+        return Tokens(self.vectors[index], self.weights[index], self.mask[index], self.ids[index])
 
     def select(self, rows: torch.Tensor) -> "Tokens":
         # index_select, not [rows]: its backward adds in a fixed order on the CPU, so a run repeats bit for bit
-        return Tokens(*(x.index_select(0, rows) for x in (self.vectors, self.weights, self.mask)))
+        return Tokens(*(x.index_select(0, rows) for x in (self.vectors, self.weights, self.mask, self.ids)))
 
     def __len__(self):
         return len(self.vectors)
@@ -78,9 +86,11 @@ class Tokens:
 def late_interaction(a: Tokens, b: Tokens, a_side: int = 0) -> torch.Tensor:
     """[..., 2]: s(a → b) and s(b → a) of aligned rows (or one a against every b by broadcasting), b a job's
     text and a the seeker's (C: a_side 0) or a JD written for them (J′: a_side 1, its tokens weighted as a
-    job's are): each token's best cosine on the other side, weighted by the softmax of its weight logit over
-    its text's real tokens."""
-    sim = torch.einsum("...id,...kd->...ik", a.vectors, b.vectors).masked_fill_(~b.mask[..., None, :], -2.0)
+    job's are): each token's best match on the other side, EXACT·[same token] + (1 − EXACT)·cosine, weighted
+    by the softmax of its weight logit over its text's real tokens."""
+    same = a.ids[..., :, None] == b.ids[..., None, :]
+    sim = torch.einsum("...id,...kd->...ik", a.vectors, b.vectors).mul_(1 - EXACT).add_(same, alpha=EXACT)
+    sim = sim.masked_fill_(~b.mask[..., None, :], -2.0)
     a_best = sim.amax(-1)  # [..., Ta]: each of a's tokens, its best in b
     b_best = sim.masked_fill(~a.mask[..., :, None], -2.0).amax(-2)  # [..., Tb] (b's padding: weight 0 below)
     wa = a.weights[..., a_side].masked_fill(~a.mask, -torch.inf).softmax(-1)
@@ -120,7 +130,7 @@ class Matcher(nn.Module):
 
     def tokens(self, ids, attention_mask) -> Tokens:
         h = self.encoder.hidden_states(ids, attention_mask).float()
-        return Tokens(F.normalize(self.proj(h), dim=-1), self.token_weight(h), attention_mask.bool())
+        return Tokens(F.normalize(self.proj(h), dim=-1), self.token_weight(h), attention_mask.bool(), ids)
 
     def lexical_scores(self, a: list[str], b: list[str]) -> torch.Tensor:
         return torch.tensor(self.lexical.cosine(a, b), dtype=torch.float32, device=self.head.weight.device)
@@ -162,7 +172,8 @@ def encode_all(M: Matcher, tok, texts: list[str], max_len: int, batch_size: int 
     ids = [(tok.encode(t) or [tok.pad_or_eos_id])[:max_len] for t in texts]  # as texts_to_batch cuts them
     width = max(map(len, ids), default=1)
     out = Tokens(torch.zeros(len(texts), width, M.proj_dim, device=device), torch.zeros(len(texts), width, 2, device=device),
-                 torch.zeros(len(texts), width, dtype=torch.bool, device=device))
+                 torch.zeros(len(texts), width, dtype=torch.bool, device=device),
+                 torch.full((len(texts), width), -1, dtype=torch.long, device=device))
     was_training = M.training
     M.eval()
     for i in range(0, len(order), batch_size):
@@ -170,7 +181,7 @@ def encode_all(M: Matcher, tok, texts: list[str], max_len: int, batch_size: int 
         x, mask = right_pad([ids[k] for k in idx.tolist()], tok.pad_or_eos_id)
         with autocast():
             t = M.tokens(x.to(device), mask.to(device))
-        for full, part in zip((out.vectors, out.weights, out.mask), (t.vectors, t.weights, t.mask)):
+        for full, part in zip((out.vectors, out.weights, out.mask, out.ids), (t.vectors, t.weights, t.mask, t.ids)):
             full[idx, : part.shape[1]] = part.to(full.dtype)
     M.train(was_training)
     return out
@@ -254,7 +265,8 @@ def save_matcher(folder, M: Matcher, tok, args=None, metrics: dict | None = None
     rest = {f"{name}.{k}": v.detach().cpu().contiguous() for name in ("proj", "token_weight", "head")
             for k, v in getattr(M, name).state_dict().items()}
     features = ["s(C→J)", "s(J→C)", "lex(C,J)"] + (["s(J′→J)", "s(J→J′)", "lex(J′,J)"] if M.use_jprime else [])
-    spec = {"use_jprime": M.use_jprime, "proj": M.proj_dim, "interaction": "late (token MaxSim)", "features": features}
+    spec = {"use_jprime": M.use_jprime, "proj": M.proj_dim, "interaction": "late (token MaxSim)", "exact": EXACT,
+            "features": features}
     lexical = {"n_min": M.lexical.n_min, "n_max": M.lexical.n_max, "vocabulary": M.lexical.vocabulary,
                "idf": M.lexical.idf.tolist()}
     save_model(folder, M.encoder, tok, args=args, metrics=metrics,
@@ -268,6 +280,9 @@ def load_matcher(folder, device=None) -> Matcher:
     if not spec_file.is_file():
         raise CheckpointError(f"{folder}: no matcher.json; pass a matcher's folder, as train_rec.py writes it")
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    if spec.get("exact", 0.0) != EXACT:
+        raise CheckpointError(f"{spec_file}: a matcher whose token matches weigh exact matches {spec.get('exact', 0.0)}, "
+                              f"this code {EXACT} (an older train_rec.py): its scores would be wrong; train it again")
     saved = json.loads((folder / "lexical.json").read_text(encoding="utf-8"))
     lexical = TfIdf(saved["n_min"], saved["n_max"])
     lexical.vocabulary, lexical.idf = saved["vocabulary"], np.array(saved["idf"], dtype=np.float64)

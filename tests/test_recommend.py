@@ -15,6 +15,7 @@ import torch
 
 from girl import ranking
 from girl.data import DataError, read_jsonl
+from girl.files import CheckpointError
 from girl.lm.model import Config, Transformer
 from girl.losses import match_loss
 from girl.lexical import TfIdf
@@ -149,13 +150,14 @@ def trained_like(use_jprime, seed=2):
 
 
 def test_late_interaction_by_hand():
-    """s(A → B) = Σ_i softmax(w)_i · max_k cos(a_i, b_k), each side over its real tokens only."""
+    """s(A → B) = Σ_i softmax(w)_i · max_k ½·([a_i = b_k] + cos(a_i, b_k)), each side over its real tokens only."""
     torch.manual_seed(0)
     va, vb = torch.nn.functional.normalize(torch.randn(1, 3, 4), dim=-1), torch.nn.functional.normalize(torch.randn(1, 4, 4), dim=-1)
     wa, wb = torch.randn(1, 3, 2), torch.randn(1, 4, 2)
     ma, mb = torch.tensor([[True, True, False]]), torch.tensor([[True, True, True, False]])
-    got = late_interaction(Tokens(va, wa, ma), Tokens(vb, wb, mb))[0]
-    cos = [[float(va[0, i] @ vb[0, k]) for k in range(3)] for i in range(2)]  # real tokens only
+    ia, ib = torch.tensor([[7, 3, 9]]), torch.tensor([[3, 5, 8, 9]])  # a's token 1 is b's token 0; 9s are padding
+    got = late_interaction(Tokens(va, wa, ma, ia), Tokens(vb, wb, mb, ib))[0]
+    cos = [[float(va[0, i] @ vb[0, k]) / 2 + float(ia[0, i] == ib[0, k]) / 2 for k in range(3)] for i in range(2)]  # real tokens only
     ea, eb = [math.exp(wa[0, i, 0]) for i in range(2)], [math.exp(wb[0, k, 1]) for k in range(3)]
     a_to_b = sum(ea[i] / sum(ea) * max(cos[i]) for i in range(2))
     b_to_a = sum(eb[k] / sum(eb) * max(cos[i][k] for i in range(2)) for k in range(3))
@@ -222,6 +224,18 @@ def test_matcher_saved_and_reloaded_scores_the_same(tmp_path):
             assert torch.allclose(together, interaction_logits(m, tok, rows, alone, 64), rtol=1e-5, atol=1e-6)
         config = json.loads((tmp_path / "m" / "config.json").read_text())
         assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
+
+
+def test_a_matcher_of_the_cosine_only_token_matches_is_refused(tmp_path):
+    """matcher.json without "exact" was written before the exact matches: its scores under this code would be
+    another model's, so loading it stops with what to do."""
+    m, tok = trained_like(False)
+    save_matcher(tmp_path / "m", m, tok)
+    spec = json.loads((tmp_path / "m" / "matcher.json").read_text())
+    del spec["exact"]
+    (tmp_path / "m" / "matcher.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match="train it again"):
+        load_matcher(tmp_path / "m")
 
 
 def test_warm_split_is_deterministic_and_keeps_seekers_in_training():
