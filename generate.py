@@ -25,7 +25,7 @@ from girl import evaluation, market
 from girl.cli import (COUNT, COUNT0, FINITE, MAKES, PROBABILITY_MASS, check_out, fail, log, newest_generator, open_model, parser,
                       prompts_for, setup)
 from girl.data import DataError, read_jsonl
-from girl.files import atomic_dir, write_json, write_jsonl
+from girl.files import CheckpointError, atomic_dir, write_json, write_jsonl
 from girl.lm.checkpoint import train_args
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.sampling import decoded, generate
@@ -150,7 +150,10 @@ M = None
 if args.recommend:
     if not Path(args.matcher, "matcher.json").is_file():
         fail(f"{args.matcher}: no matcher; run python train_rec.py first (or pass --matcher DIR)")
-    M, tok_m, m_args = load_matcher(args.matcher, device), Tokenizer.from_pretrained(args.matcher), train_args(args.matcher)
+    try:
+        M, tok_m, m_args = load_matcher(args.matcher, device), Tokenizer.from_pretrained(args.matcher), train_args(args.matcher)
+    except CheckpointError as e:
+        fail(str(e))
     args.ckpt = args.ckpt or m_args.get("generator")  # M learned to read this G's J′
     if not args.greedy and args.num_return == 1 and m_args.get("best_of", 1) == 1:
         args.greedy = True  # and greedy J′, as train_rec.py makes them

@@ -24,7 +24,8 @@ NDCG@k and recall@k of ranking all its jobs against the oracle's f. Rows: the le
 both against J; M0, M, and M0 with an encoder that does not start from G; M fed the seeker's best market JD
 as J′ (what a perfect G could give it) and M fed another seeker's J′ (the control); the oracle's ceiling.
 Writes OUT/m, OUT/m0, OUT/m0-scratch (Hugging Face folders + the rest of the matcher), OUT/metrics.json and
-OUT/metrics.md; J′ are made once per generator and kept in --cache-dir.
+OUT/metrics.md, the whole folder at once at the end: a run stopped before (Ctrl-C, SIGTERM: exit 128 + the
+signal's number) leaves OUT as it was. J′ are made once per generator and kept in --cache-dir, chunk by chunk.
 """
 
 import math
@@ -39,7 +40,7 @@ from girl import market, ranking
 from girl.cli import (COUNT, COUNT0, POSITIVE, NONNEGATIVE, add_market_flags, check_out, fail, log, newest_generator, open_model,
                       parser, setup)
 from girl.data import DataError, read_jsonl
-from girl.files import CheckpointError, write_json
+from girl.files import CheckpointError, atomic_dir, recover, write_json
 from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, train_args
 from girl.lm.hub import HubError
@@ -49,7 +50,7 @@ from girl.losses import match_loss
 from girl.recommend import (JPrimeCache, Matcher, cv_features, encode_all, interaction_logits, jprime_features, make_jprimes,
                             save_matcher, texts_to_batch, warm_split, weights_digest)
 from girl.template import template_overhead
-from girl.training import Progress, adamw, clip_grad_norm, lr_at, set_lr, step_indices
+from girl.training import Progress, adamw, clip_grad_norm, lr_at, set_lr, step_indices, stop_on_signal
 
 p = parser(__doc__)
 # Models
@@ -109,7 +110,12 @@ p.add_argument("--bootstrap", type=COUNT, default=1000, help="paired-bootstrap r
 p.add_argument("--out", default="ckpt/rec", help="folder for m/, m0/, m0-scratch/ and metrics.json (default: ckpt/rec)")
 p.add_argument("--log-every", type=COUNT, default=50, help="progress line every N steps (default: 50)")
 args = p.parse_args()
+recover(args.out)  # a run killed between the two renames of its final save (kill -9) is finished first
 check_out(args.out)
+if Path(args.out).is_dir() and any(Path(args.out).iterdir()) and not (Path(args.out) / "m0" / "matcher.json").is_file():
+    fail(f"--out {args.out} holds something else than train_rec.py's results (no m0/matcher.json), and the run "
+         "replaces the whole folder; give another --out")
+stop_on_signal(f"{args.out} is as it was (J′ written so far are kept in {args.cache_dir})")
 
 run = setup(args.seed, distributed=False)
 device, autocast = run.device, run.autocast
@@ -168,6 +174,9 @@ cvs = list(dict.fromkeys([r["cv"] for r in rows + val + val_rank] + test_cvs))  
 t0, todo = time.time(), len(cache.missing(cvs))
 log(f"J′ of {len(cvs)} CVs by {generator}: {len(cvs) - todo} in the cache {cache.path}, {todo} to write")
 room = G.config.max_seq_len - args.max_new_tokens - template_overhead(tok, args.lang)  # CV tokens that fit G's context
+if room < 1:
+    fail(f"--max-new-tokens {args.max_new_tokens} leaves no room for a CV in G's context of {G.config.max_seq_len} "
+         "tokens; ask for fewer")
 make_jprimes(cache, G, tok, cvs, args.lang, room, max_new_tokens=args.max_new_tokens, best_of=args.best_of,
              temperature=args.temperature, U=U, tok_u=tok_u, seed=args.seed, autocast=autocast, log=log)
 jprime = {c: cache[c] for c in cvs}
@@ -356,14 +365,15 @@ if rank_rows:  # every seeker encoded once per model, against the jobs' token ve
                                                 args.bootstrap, args.seed)
     metrics["ranking"]["jprime_oracle"] = market.Oracle([test_seekers[c] for c in rank_cvs], args.lang).eval(
         [jprime[c] for c in rank_cvs])
-for name, M in trained.items():
-    save_matcher(Path(args.out) / {"M": "m", "M0": "m0"}.get(name, "m0-scratch"), M, enc_tok, args,
-                 metrics={"validation": chosen[name]})
 metrics["seconds"] = {"jprime": jprime_seconds, **{f"train {k}": v for k, v in train_seconds.items()},
                       "test": time.time() - t_eval, "total": time.time() - t_start}
-write_json(Path(args.out) / "metrics.json", metrics)
 table = ranking.markdown(metrics, args.k)
-(Path(args.out) / "metrics.md").write_text(table, encoding="utf-8")
+with atomic_dir(args.out) as tmp:  # the whole folder or nothing: never one run's M beside another's M0
+    for name, M in trained.items():
+        save_matcher(tmp / {"M": "m", "M0": "m0"}.get(name, "m0-scratch"), M, enc_tok, args,
+                     metrics={"validation": chosen[name]})
+    write_json(tmp / "metrics.json", metrics)
+    (tmp / "metrics.md").write_text(table, encoding="utf-8")
 print("\n" + table)
 log(f"wrote {args.out}/m, {args.out}/m0{'' if args.no_scratch else ', ' + args.out + '/m0-scratch'}, metrics.json and "
     f"metrics.md ({time.time() - t_start:.0f}s)")

@@ -19,7 +19,7 @@ import torch
 
 from girl import market
 from girl.data import DataError, read_jsonl
-from girl.files import CheckpointError, recover
+from girl.files import CheckpointError, lock_output, recover
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
 from girl.lm.hub import HubError
 from girl.lm.tokenizer import Tokenizer
@@ -122,7 +122,8 @@ def check_out_last(out_last, state_file: str):
 
 def check_out(path, flag: str = "--out", folder: bool = True):
     """Before any long work, refuse an output this process could not write at the end: a file where a folder
-    goes (or a folder where a file goes), or a place under a file or a folder it may not write to."""
+    goes (or a folder where a file goes), a place under a file or a folder it may not write to, or one that
+    another run is writing (then lock it for this one, until it ends)."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         fail(f"{flag} {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path")
@@ -130,6 +131,11 @@ def check_out(path, flag: str = "--out", folder: bool = True):
     if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
         fail(f"{flag} {path}: {above} is {'a file' if not above.is_dir() else 'not writable'}, so nothing could be "
              "written there; give another path")
+    if int(os.environ.get("RANK", 0)) == 0:  # one writer: torchrun's other processes write through rank 0
+        holder = lock_output(path)
+        if holder is not None:
+            fail(f"{flag} {path} is being written by another run (pid {holder or 'unknown'}); wait for it to end, "
+                 f"or give another {flag}")
 
 
 def training_args(p):
@@ -188,6 +194,20 @@ def fail(message: str):
     """End a script with a message for the user (no traceback) and a non-zero exit status."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _input_errors_in_one_line(kind, value, traceback):
+    """The last resort of every script (sys.excepthook): a damaged file or folder that reached no `fail`
+    (CheckpointError, DataError, MarketError: their messages name the file and what to do) ends as `fail` ends
+    it, one line and exit 2; any other exception is a bug, shown with its traceback."""
+    if not isinstance(value, (CheckpointError, DataError, market.MarketError)):
+        return sys.__excepthook__(kind, value, traceback)
+    print(f"error: {value}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
+
+
+sys.excepthook = _input_errors_in_one_line
 
 
 def stop_if_not_finite(step: int, out_last, unit: str = "step", **losses: float):

@@ -4,6 +4,8 @@ Every layer writes through these (checkpoints, the market's splits, generate.py'
 imports nothing else of the package.
 """
 
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -22,6 +24,50 @@ def plain_file_name(name) -> bool:
     separator, no '..', not absolute. Anything else could make the program read or write outside the folder."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
         and "\0" not in name
+
+
+_held = []  # the open lock files of this process: closed, and so released, only when it ends
+
+
+def lock_output(path) -> int | None:
+    """Make this process the one writer of an output: an exclusive flock on a lock file named by the output's
+    absolute path, in the system's temporary folder (nothing is added beside the output; runs on one machine
+    see each other's locks), which the system releases when the process ends, however it ends (a crash or
+    kill -9 leaves no stale lock). None when taken; else the pid of the process that holds it (0 if unknown)."""
+    name = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+    folder = Path(tempfile.gettempdir()) / "girl-locks"
+    try:
+        folder.mkdir(mode=0o777, exist_ok=True)
+        fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # no lock can be made here (another user's folder, a read-only /tmp): run unguarded
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        return int(holder) if holder.isdigit() else 0
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held.append(fd)
+    return None
+
+
+def read_json(path) -> dict:
+    """A JSON object read from a file that came with a checkpoint; anything else (not UTF-8, not JSON, not an
+    object) is a CheckpointError naming the file, the line and the column."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start}); the file is damaged: copy or save it again") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}: not valid JSON at column {e.colno} ({e.msg}); the file is damaged: "
+                              "copy or save it again") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(obj).__name__}, not an object; the file is damaged: copy or "
+                              "save it again")
+    return obj
 
 
 def write_json(path, obj):

@@ -45,11 +45,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from girl.data import right_pad
 from girl.evaluation import greedy_jds, sample_jds
-from girl.files import CheckpointError, write_jsonl
+from girl.files import CheckpointError, read_json, write_jsonl
 from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Transformer
@@ -279,20 +280,34 @@ def load_matcher(folder, device=None) -> Matcher:
     spec_file = folder / "matcher.json"
     if not spec_file.is_file():
         raise CheckpointError(f"{folder}: no matcher.json; pass a matcher's folder, as train_rec.py writes it")
-    spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    spec = read_json(spec_file)
     if spec.get("exact", 0.0) != EXACT:
         raise CheckpointError(f"{spec_file}: a matcher whose token matches weigh exact matches {spec.get('exact', 0.0)}, "
                               f"this code {EXACT} (an older train_rec.py): its scores would be wrong; train it again")
-    saved = json.loads((folder / "lexical.json").read_text(encoding="utf-8"))
-    lexical = TfIdf(saved["n_min"], saved["n_max"])
-    lexical.vocabulary, lexical.idf = saved["vocabulary"], np.array(saved["idf"], dtype=np.float64)
+    if not (folder / "lexical.json").is_file() or not (folder / "matcher.safetensors").is_file():
+        raise CheckpointError(f"{folder}: lexical.json or matcher.safetensors is missing: a matcher folder is written "
+                              "whole by train_rec.py; copy all of it, or train it again")
+    saved = read_json(folder / "lexical.json")
+    try:
+        lexical = TfIdf(saved["n_min"], saved["n_max"])
+        lexical.vocabulary, lexical.idf = dict(saved["vocabulary"]), np.array(saved["idf"], dtype=np.float64)
+        use_jprime, proj = bool(spec["use_jprime"]), int(spec["proj"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder}: matcher.json or lexical.json lacks or garbles a field ({e!r}): train it "
+                              "again") from None
     encoder = load_model(folder, dtype=torch.float32, device=device)
-    M = Matcher(encoder.config, spec["use_jprime"], spec["proj"], lexical).to(device)
+    M = Matcher(encoder.config, use_jprime, proj, lexical).to(device)
     encoder.lm_head = None  # tied to the embeddings; the matcher reads hidden states only
     M.encoder = encoder
-    rest = load_file(str(folder / "matcher.safetensors"))
-    for name in ("proj", "token_weight", "head"):
-        getattr(M, name).load_state_dict({k.split(".", 1)[1]: v for k, v in rest.items() if k.startswith(name + ".")})
+    try:
+        rest = load_file(str(folder / "matcher.safetensors"))
+        for name in ("proj", "token_weight", "head"):
+            getattr(M, name).load_state_dict({k.split(".", 1)[1]: v for k, v in rest.items() if k.startswith(name + ".")})
+    except (SafetensorError, RuntimeError) as e:
+        raise CheckpointError(f"{folder / 'matcher.safetensors'}: not the weights of this matcher ({str(e)[:200]}): "
+                              "copy the folder again, or train it again") from None
+    if not all(torch.isfinite(t).all() for t in rest.values()):
+        raise CheckpointError(f"{folder / 'matcher.safetensors'}: holds nan or inf values: train it again")
     return M.eval()
 
 

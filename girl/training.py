@@ -132,6 +132,18 @@ class Progress:
               f"elapsed {elapsed:.0f}s  eta {eta:.0f}s", flush=True)
 
 
+def stop_on_signal(kept: str):
+    """For a script with nothing to save mid-way (it writes its results atomically at the end): SIGINT (Ctrl-C)
+    and SIGTERM end it at once with one line saying what is kept, no traceback, and status 128 + the signal's
+    number, as a shell reports a killed job; what it was writing is cleaned up on the way out."""
+    def handle(signum, frame):
+        print(f"stopped by {signal.Signals(signum).name}: {kept}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handle)
+
+
 class StopRequest:
     """SIGINT (Ctrl-C) and SIGTERM (what a cluster scheduler sends before it kills a job) do not kill a training
     loop mid-step: they raise a flag, the loop saves its resumable state at the next step boundary and exits

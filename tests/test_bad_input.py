@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,3 +137,114 @@ def test_a_script_on_a_market_of_the_other_language_says_so(market, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"error: {market / 'market.json'}: this folder holds the market of lang en, seed 0, not zh" in r.stderr
     assert {p.name: p.read_bytes() for p in market.iterdir()} == before
+
+
+HOLD = "import sys; from girl.files import lock_output; assert lock_output(sys.argv[1]) is None; print('held', flush=True); input()"
+
+
+@pytest.mark.parametrize("script, flag", [("train_sft.py", "--out"), ("train_ppo.py", "--out-last"), ("train_rec.py", "--out"),
+                                          ("generate.py", "--output")])
+def test_two_runs_cannot_write_one_output(tmp_path, script, flag):
+    """One writer per output: while another process writes it, a second run stops at once, naming the flag and
+    the other's pid, and writes nothing; the lock ends with its process (here killed), leaving the output free."""
+    target = tmp_path / ("out.jsonl" if script == "generate.py" else "ckpt")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        extra = ["--input", tmp_path / "cvs.jsonl"] if script == "generate.py" else []
+        r = run(script, *extra, flag, target, cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"error: {flag} {target} is being written by another run (pid {holder.pid})" in r.stderr, r.stderr
+        assert not target.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = subprocess.run([sys.executable, "-c", HOLD, str(target)], input="\n", capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout == "held\n", again.stderr
+
+
+# ----------------------------------------------------------------------------- damaged checkpoint folders
+
+@pytest.fixture(scope="module")
+def g_folder(tmp_path_factory):
+    """A tiny G as the scripts save it: config.json, model.safetensors, tokenizer files, train_args.json."""
+    import torch
+    from girl.lm.checkpoint import save_model
+    from girl.lm.model import Config, Transformer
+    from girl.lm.tokenizer import Tokenizer
+    tok = Tokenizer.train(["Name: A\nSkills: Python", "Role: Data Analyst"], 300)
+    torch.manual_seed(0)
+    G = Transformer(Config(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                           max_seq_len=256, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id))
+    d = tmp_path_factory.mktemp("g") / "g"
+    save_model(d, G, tok, args=argparse.Namespace(lang="en"))
+    return d
+
+
+def damaged(g_folder, tmp_path, name, change):
+    folder = tmp_path / "g"
+    shutil.copytree(g_folder, folder)
+    path = folder / name
+    path.write_text(change(path.read_text()) if callable(change) else change)
+    return folder
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", "32", "hidden_size is '32'; it must be a whole number >= 1"),
+    ("num_hidden_layers", 0, "num_hidden_layers is 0; it must be a whole number >= 1"),
+    ("vocab_size", True, "vocab_size is True; it must be a whole number >= 1"),
+    ("num_key_value_heads", 3, "num_key_value_heads is 3; it must be a divisor of num_attention_heads (4)"),
+    ("rms_norm_eps", -1e-5, "rms_norm_eps is -1e-05; it must be a number > 0"),
+    ("rope_theta", "big", "rope_theta is 'big'; it must be a number > 0"),
+    ("eos_token_id", 10**6, "eos_token_id is 1000000; it must be null or a token id below vocab_size"),
+])
+def test_a_config_with_a_wrong_field_names_it(g_folder, tmp_path, field, value, message):
+    from girl.files import CheckpointError
+    from girl.lm.checkpoint import load_model
+    folder = damaged(g_folder, tmp_path, "config.json", lambda t: json.dumps(json.loads(t) | {field: value}))
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{folder / 'config.json'}: {message}")):
+        load_model(folder)
+
+
+def test_a_config_whose_heads_do_not_divide_the_width_is_refused(g_folder, tmp_path):
+    from girl.files import CheckpointError
+    from girl.lm.checkpoint import load_model
+    folder = damaged(g_folder, tmp_path, "config.json", lambda t: json.dumps(
+        {k: v for k, v in json.loads(t).items() if k != "head_dim"} | {"num_attention_heads": 6, "num_key_value_heads": 6}))
+    with pytest.raises(CheckpointError, match="num_attention_heads is 6; it must be a divisor of hidden_size"):
+        load_model(folder)
+
+
+def test_non_finite_weights_are_refused_naming_the_file_and_tensor(g_folder, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    from girl.files import CheckpointError
+    from girl.lm.checkpoint import load_model
+    folder = tmp_path / "g"
+    shutil.copytree(g_folder, folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"{folder / 'model.safetensors'}: tensor model.layers.1.mlp.up_proj.weight "
+                                              "holds nan or inf values"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "train_args.json"])
+def test_a_broken_json_file_of_a_checkpoint_names_file_and_line(g_folder, tmp_path, name):
+    """Read by the loader or by a script (generate.py reads train_args.json for the language): exit 2 and one
+    line with file:line, however deep the read."""
+    folder = damaged(g_folder, tmp_path, name, '{\n  "lang": "en",\n  oops\n}')
+    r = run("generate.py", "--ckpt", folder, "--cv", "Name: A", "--max-new-tokens", "4")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {folder / name}:3: not valid JSON at column 3" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_a_broken_shard_index_is_named(g_folder, tmp_path):
+    from girl.files import CheckpointError
+    from girl.lm.checkpoint import load_model
+    folder = damaged(g_folder, tmp_path, "model.safetensors.index.json", '{"metadata": {}}')
+    with pytest.raises(CheckpointError, match=rf"{folder / 'model.safetensors.index.json'}: no weight_map object"):
+        load_model(folder)

@@ -4,7 +4,9 @@ answer, the matcher M and its baseline M0, the J′ cache, and train_rec.py as a
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save
 
 from girl import ranking
 from girl.data import DataError, read_jsonl
@@ -238,6 +241,32 @@ def test_a_matcher_of_the_cosine_only_token_matches_is_refused(tmp_path):
         load_matcher(tmp_path / "m")
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "matcher.safetensors").unlink(), "lexical.json or matcher.safetensors is missing"),
+    (lambda f: (f / "lexical.json").write_text('{"n_min": 1,\n'), "lexical.json:2: not valid JSON"),
+    (lambda f: (f / "lexical.json").write_text('{"n_min": 1}'), "matcher.json or lexical.json lacks or garbles a field"),
+    (lambda f: (f / "matcher.safetensors").write_bytes((f / "matcher.safetensors").read_bytes()[:-9]),
+     "matcher.safetensors: not the weights of this matcher"),
+    (lambda f: (f / "matcher.safetensors").write_bytes(save({"head.weight": torch.full((1, 3), float("nan"))})),
+     "matcher.safetensors: not the weights of this matcher"),
+])
+def test_a_damaged_matcher_folder_is_named(tmp_path, damage, message):
+    m, tok = trained_like(False)
+    save_matcher(tmp_path / "m", m, tok)
+    damage(tmp_path / "m")
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_matcher(tmp_path / "m")
+
+
+def test_a_matcher_with_nan_weights_is_refused(tmp_path):
+    m, tok = trained_like(False)
+    with torch.no_grad():
+        m.head.weight[0, 1] = float("nan")
+    save_matcher(tmp_path / "m", m, tok)
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'm' / 'matcher.safetensors'}: holds nan or inf")):
+        load_matcher(tmp_path / "m")
+
+
 def test_warm_split_is_deterministic_and_keeps_seekers_in_training():
     rows = [{"cv": f"cv{s}", "jd": f"jd{k}", "label": k % 2} for s in range(20) for k in range(6)]
     rows += [{"cv": "few", "jd": "jd0", "label": 1}, {"cv": "few", "jd": "jd1", "label": 0}]
@@ -397,6 +426,58 @@ def test_train_rec_keeps_the_best_validation_step(trained, tmp_path):
     assert ranking.auc(s, [r["label"] for r in val]) == pytest.approx(metrics["validation"]["M0"]["chosen"]["auc"], abs=1e-9)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_train_rec_stopped_mid_run_leaves_out_as_it_was(trained, tmp_path, sig):
+    """Ctrl-C or SIGTERM while the matchers train: exit 128 + the signal's number with one line and no traceback,
+    and --out holds the previous run's result, every file as it was, with nothing half-written beside it."""
+    d, _ = trained
+    shutil.copytree(d / "rec", tmp_path / "rec")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    proc = subprocess.Popen([sys.executable, ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / "data",
+                             *REC_FLAGS, "--min-steps", "100000", "--log-every", "1", "--cache-dir", d / "cache",
+                             "--out", tmp_path / "rec"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    for line in proc.stdout:
+        if line.startswith("step 3/"):
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {sig.name}: {tmp_path / 'rec'} is as it was" in err and "Traceback" not in err, err
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_train_rec_replaces_out_as_a_whole(trained, tmp_path):
+    """A run writes its whole --out at once: an older run's m0-scratch/ does not stay beside a --no-scratch run's
+    m/ and m0/ as if they belonged together."""
+    d, _ = trained
+    shutil.copytree(d / "rec", tmp_path / "rec")
+    run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / "data", *REC_FLAGS, "--no-scratch",
+        "--cache-dir", d / "cache", "--out", tmp_path / "rec")
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["m", "m0", "metrics.json", "metrics.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]  # no temporary or old folder left beside it
+
+
+def test_train_rec_with_no_room_for_a_cv_says_so(trained, tmp_path):
+    d, _ = trained
+    r = run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / "data", *REC_FLAGS, "--max-new-tokens",
+            "100000", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "rec", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "error: --max-new-tokens 100000 leaves no room for a CV in G's context" in r.stderr
+    assert not (tmp_path / "rec").exists() and not (tmp_path / "cache").exists()
+
+
+def test_train_rec_will_not_replace_a_folder_of_something_else(tmp_path):
+    """The results replace --out as a whole: a folder that holds anything but train_rec.py's results is refused
+    before any work (--out ckpt would otherwise take every checkpoint with it)."""
+    (tmp_path / "ckpt" / "sft").mkdir(parents=True)
+    (tmp_path / "ckpt" / "sft" / "config.json").write_text("{}")
+    r = run(ROOT / "train_rec.py", "--out", tmp_path / "ckpt", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: --out {tmp_path / 'ckpt'} holds something else than train_rec.py's results" in r.stderr
+    assert (tmp_path / "ckpt" / "sft" / "config.json").read_text() == "{}"
+
+
 def test_train_rec_drops_seekers_g_learned_from(trained, tmp_path):
     d, _ = trained
     rows = read_jsonl(d / "data" / "rec_train.jsonl", "interactions")
@@ -441,6 +522,17 @@ def test_generate_recommends_real_jobs_ranked_by_m(trained, tmp_path):
         "--output", tmp_path / "out.jsonl", "--lang", "en")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [len(r["jobs"]) for r in rows] == [2, 2] and all(job["id"].startswith("j") for r in rows for job in r["jobs"])
+
+
+def test_generate_refuses_a_matcher_of_an_older_train_rec(trained, tmp_path):
+    d, _ = trained
+    shutil.copytree(d / "rec" / "m", tmp_path / "m")
+    spec = json.loads((tmp_path / "m" / "matcher.json").read_text())
+    (tmp_path / "m" / "matcher.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "exact"}))
+    r = run(ROOT / "generate.py", "--recommend", "3", "--matcher", tmp_path / "m", "--market-dir", d / "data",
+            "--example", "1", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {tmp_path / 'm' / 'matcher.json'}: a matcher whose token matches" in r.stderr and "train it again" in r.stderr
 
 
 def test_train_rec_on_a_real_shaped_log(tmp_path):

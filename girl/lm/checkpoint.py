@@ -11,7 +11,6 @@ written whole or not at all (girl/files.py). A model sharded by FSDP2 (`fully_sh
 every process calls save_model, the shards are gathered to rank 0, and rank 0 writes.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 
-from girl.files import CheckpointError, atomic_dir, plain_file_name, write_json
+from girl.files import CheckpointError, atomic_dir, plain_file_name, read_json, write_json
 from girl.lm import hub
 from girl.lm.hf import config_from_hf, config_to_hf, hf_layout, hf_name, ignorable, to_hf
 from girl.lm.model import Config, RewardModel, Transformer
@@ -41,10 +40,7 @@ def open_folder(name_or_path) -> tuple[Path, Config, bool]:
         raise CheckpointError(
             f"{folder}: no config.json; pass a Hugging Face model folder (config.json + model.safetensors)"
         )
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    hf = read_json(path)
     try:
         config = config_from_hf(hf, str(path))
     except KeyError as e:
@@ -58,7 +54,10 @@ def open_folder(name_or_path) -> tuple[Path, Config, bool]:
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no weight_map object; the file is damaged: fetch or copy it again")
+        shards = sorted(set(weight_map.values()))
         if bad := [s for s in shards if not plain_file_name(s)]:
             raise CheckpointError(f"{index}: shard {bad[0]!r} is not a file name inside {folder}; refusing to read it")
         missing = [s for s in shards if not (folder / s).is_file()]
@@ -88,6 +87,9 @@ def load_state_dict(folder, c: Config, expected_shapes: dict, score_head: bool =
                 for name in f.keys():
                     key = hf_name(name, c)
                     tensors[key], where[key] = f.get_tensor(name), path.name
+                    if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
+                        raise CheckpointError(f"{path}: tensor {name} holds nan or inf values: these weights are damaged "
+                                              "(a diverged run, a bad conversion); load an earlier checkpoint")
         except SafetensorError as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it was probably cut short by an "
                                   "interrupted download or copy: fetch or copy it again") from None
@@ -169,7 +171,7 @@ def load_optimizer(folder, model: torch.nn.Module, optimizer: torch.optim.Optimi
             p = params[name]
             for slot, value in values.items():
                 optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
-    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    return read_json(folder / "trainer_state.json")
 
 
 # ----------------------------------------------------------------------------- saving
@@ -233,4 +235,4 @@ def whole_state(model, optimizer=None) -> tuple[dict | None, dict | None]:
 def train_args(folder) -> dict:
     """The train_args.json a training script saved beside its model ({} if there is none)."""
     f = Path(folder) / "train_args.json"
-    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+    return read_json(f) if f.is_file() else {}

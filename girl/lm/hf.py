@@ -21,7 +21,42 @@ def _rope_theta(hf: dict, where: str) -> float:
     rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type != "default":
         raise CheckpointError(f"{where}: RoPE scaling {rope_type!r} is not supported (only plain RoPE)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    return float(theta) if type(theta) in (int, float) else theta  # anything else: refused by _checked
+
+
+GPT2_NAMES = {"vocab_size": "vocab_size", "dim": "n_embd", "n_layers": "n_layer", "n_heads": "n_head", "n_kv_heads": "n_head",
+              "hidden_dim": "n_inner", "max_seq_len": "n_positions", "norm_eps": "layer_norm_epsilon"}
+LLAMA_NAMES = {"vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+               "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+               "hidden_dim": "intermediate_size", "max_seq_len": "max_position_embeddings", "norm_eps": "rms_norm_eps",
+               "rope_theta": "rope_theta"}
+SIZES = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len")
+
+
+def _checked(where: str, names: dict, **fields) -> Config:
+    """Config(**fields), once every size is a whole number ≥ 1 (head_dim ≥ 0), eps and θ positive numbers, the
+    heads divide as attention needs and the special ids index the vocabulary; else a CheckpointError naming
+    config.json's field."""
+    def bad(field, what):
+        raise CheckpointError(f"{where}: {names.get(field, field)} is {fields[field]!r}; it must be {what}")
+
+    for field in SIZES + ("head_dim",):
+        if field in fields and (type(fields[field]) is not int or fields[field] < (field != "head_dim")):
+            bad(field, "a whole number >= 1" if field != "head_dim" else "a whole number >= 0")
+    for field in ("norm_eps", "rope_theta"):
+        v = fields.get(field, 1.0)
+        if type(v) not in (int, float) or not 0 < v < float("inf"):
+            bad(field, "a number > 0")
+    if fields["n_heads"] % fields["n_kv_heads"]:
+        bad("n_kv_heads", f"a divisor of {names['n_heads']} ({fields['n_heads']})")
+    if not fields.get("head_dim") and fields["dim"] % fields["n_heads"]:
+        bad("n_heads", f"a divisor of {names['dim']} ({fields['dim']}), or head_dim must be given")
+    for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = fields.get(field)
+        if v is not None and (type(v) is not int or not 0 <= v < fields["vocab_size"]):
+            bad(field, f"null or a token id below vocab_size ({fields['vocab_size']})")
+    return Config(**fields)
 
 
 def config_from_hf(hf: dict, where: str = "config.json") -> Config:
@@ -46,7 +81,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> Config:
                 unsupported(flag, hf[flag])
         if hf.get("scale_attn_weights") is False:
             unsupported("scale_attn_weights", False)
-        return Config(
+        return _checked(where, GPT2_NAMES,
             model_type="gpt2",
             vocab_size=hf["vocab_size"],
             dim=hf["n_embd"],
@@ -64,7 +99,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> Config:
     for flag in ("attention_bias", "mlp_bias", "use_sliding_window"):
         if hf.get(flag):
             unsupported(flag, hf[flag])
-    return Config(
+    return _checked(where, LLAMA_NAMES,
         model_type=family,
         vocab_size=hf["vocab_size"],
         dim=hf["hidden_size"],

@@ -4,13 +4,12 @@ Special tokens are never added behind the caller's back: `encode` returns the te
 the prompt template decides where BOS and EOS go, the same way for every family.
 """
 
-import json
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from girl.files import CheckpointError, write_json
+from girl.files import CheckpointError, read_json, write_json
 from girl.lm import hub
 
 
@@ -58,11 +57,11 @@ class Tokenizer:
         special = {}
         config = folder / "tokenizer_config.json"
         if config.is_file():
-            cfg = json.loads(config.read_text(encoding="utf-8"))
+            cfg = read_json(config)
             special = {k: _token_text(cfg.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
         model_config = folder / "config.json"
         if model_config.is_file():  # e.g. gpt2 names its special tokens only by id, in config.json
-            ids = json.loads(model_config.read_text(encoding="utf-8"))
+            ids = read_json(model_config)
             for k in ("bos", "eos", "pad"):
                 i = ids.get(f"{k}_token_id")
                 i = i[0] if isinstance(i, list) and i else i
