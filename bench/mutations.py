@@ -156,7 +156,7 @@ FAULTS = [
     ("girl/lm/hf.py", "    if not fields.get(\"head_dim\") and fields[\"dim\"] % fields[\"n_heads\"]:", "    if False:",
      "heads that do not divide the width load", "tests/test_bad_input.py::test_a_config_whose_heads_do_not_divide_the_width_is_refused"),
     ("girl/cli.py", "sys.excepthook = _input_errors_in_one_line", "pass",
-     "a damaged file read outside a try ends in a traceback", "tests/test_bad_input.py::test_a_broken_json_file_of_a_checkpoint_names_file_and_line"),
+     "a damaged file read outside a try ends in a traceback", "tests/test_bad_input.py::test_a_damaged_file_a_script_reads_outside_a_try_is_one_error_line"),
     ("girl/recommend.py", "    if not all(torch.isfinite(t).all() for t in rest.values()):", "    if False:",
      "a matcher with nan weights loads", REC + "::test_a_matcher_with_nan_weights_is_refused"),
     ("girl/cli.py", '    if int(os.environ.get("RANK", 0)) == 0:  # one writer', '    if False:  # one writer',

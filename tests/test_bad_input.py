@@ -142,11 +142,11 @@ def test_a_script_on_a_market_of_the_other_language_says_so(market, tmp_path):
 HOLD = "import sys; from girl.files import lock_output; assert lock_output(sys.argv[1]) is None; print('held', flush=True); input()"
 
 
-@pytest.mark.parametrize("script, flag", [("train_sft.py", "--out"), ("train_ppo.py", "--out-last"), ("train_rec.py", "--out"),
-                                          ("generate.py", "--output")])
+@pytest.mark.parametrize("script, flag", [("train_ppo.py", "--out-last"), ("generate.py", "--output")])
 def test_two_runs_cannot_write_one_output(tmp_path, script, flag):
     """One writer per output: while another process writes it, a second run stops at once, naming the flag and
-    the other's pid, and writes nothing; the lock ends with its process (here killed), leaving the output free."""
+    the other's pid, and writes nothing; the lock ends with its process (here killed), leaving the output free.
+    Every script checks its outputs with the same girl.cli.check_out: a folder (PPO's second one) and a file."""
     target = tmp_path / ("out.jsonl" if script == "generate.py" else "ckpt")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, cwd=ROOT)
@@ -231,10 +231,20 @@ def test_non_finite_weights_are_refused_naming_the_file_and_tensor(g_folder, tmp
         load_model(folder)
 
 
-@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "train_args.json"])
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
 def test_a_broken_json_file_of_a_checkpoint_names_file_and_line(g_folder, tmp_path, name):
-    """Read by the loader or by a script (generate.py reads train_args.json for the language): exit 2 and one
-    line with file:line, however deep the read."""
+    from girl.files import CheckpointError
+    from girl.lm.checkpoint import load_model
+    from girl.lm.tokenizer import Tokenizer
+    folder = damaged(g_folder, tmp_path, name, '{\n  "lang": "en",\n  oops\n}')
+    with pytest.raises(CheckpointError, match=re.escape(f"{folder / name}:3: not valid JSON at column 3")):
+        load_model(folder) if name == "config.json" else Tokenizer.from_pretrained(folder)
+
+
+def test_a_damaged_file_a_script_reads_outside_a_try_is_one_error_line(g_folder, tmp_path):
+    """generate.py reads train_args.json for the language, outside any try: the last resort (sys.excepthook)
+    still ends it with exit 2 and one line naming file:line."""
+    name = "train_args.json"
     folder = damaged(g_folder, tmp_path, name, '{\n  "lang": "en",\n  oops\n}')
     r = run("generate.py", "--ckpt", folder, "--cv", "Name: A", "--max-new-tokens", "4")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

@@ -345,6 +345,8 @@ def trained(tmp_path_factory):
     (d / "data-flipped" / "interactions_test.jsonl").write_text(
         "".join(json.dumps(r | {"label": 1 - r["label"]}) + "\n" for r in test))
     for out, data in (("rec", "data"), ("rec-flipped", "data-flipped"), ("rec-again", "data")):
+        if out == "rec-flipped":  # written over an older run's folder, which has an m0-scratch/ this run does not make
+            shutil.copytree(d / "rec", d / out)
         r = run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / data, *REC_FLAGS,
                 "--cache-dir", d / "cache", "--out", d / out, *(["--no-scratch"] if out == "rec-flipped" else []))
         again = r
@@ -447,15 +449,12 @@ def test_train_rec_stopped_mid_run_leaves_out_as_it_was(trained, tmp_path, sig):
     assert {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
 
 
-def test_train_rec_replaces_out_as_a_whole(trained, tmp_path):
+def test_train_rec_replaces_out_as_a_whole(trained):
     """A run writes its whole --out at once: an older run's m0-scratch/ does not stay beside a --no-scratch run's
-    m/ and m0/ as if they belonged together."""
+    m/ and m0/ as if they belonged together (the fixture ran rec-flipped over a copy of rec)."""
     d, _ = trained
-    shutil.copytree(d / "rec", tmp_path / "rec")
-    run(ROOT / "train_rec.py", "--generator", d / "sft", "--market-dir", d / "data", *REC_FLAGS, "--no-scratch",
-        "--cache-dir", d / "cache", "--out", tmp_path / "rec")
-    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["m", "m0", "metrics.json", "metrics.md"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]  # no temporary or old folder left beside it
+    assert sorted(p.name for p in (d / "rec-flipped").iterdir()) == ["m", "m0", "metrics.json", "metrics.md"]
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".")]  # no temporary or old folder left beside it
 
 
 def test_train_rec_with_no_room_for_a_cv_says_so(trained, tmp_path):
