@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from girl import market, ranking
-from girl.cli import (COUNT, COUNT0, POSITIVE, NONNEGATIVE, add_market_flags, check_out, fail, log, newest_generator, open_model,
+from girl.cli import (COUNT, COUNT0, POSITIVE, NONNEGATIVE, add_market_flags, check_out, cv_room, fail, log, newest_generator, open_model,
                       parser, setup)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, atomic_dir, recover, write_json
@@ -49,7 +49,6 @@ from girl.lm.tokenizer import Tokenizer
 from girl.losses import match_loss
 from girl.recommend import (JPrimeCache, Matcher, cv_features, encode_all, interaction_logits, jprime_features, make_jprimes,
                             save_matcher, texts_to_batch, warm_split, weights_digest)
-from girl.template import template_overhead
 from girl.training import Progress, adamw, clip_grad_norm, lr_at, set_lr, step_indices, stop_on_signal
 
 p = parser(__doc__)
@@ -173,10 +172,7 @@ test_cvs = [r["cv"] for r in read_jsonl(test_file, "interactions")] + [
 cvs = list(dict.fromkeys([r["cv"] for r in rows + val + val_rank] + test_cvs))  # the test CVs' J′: G never learns
 t0, todo = time.time(), len(cache.missing(cvs))
 log(f"J′ of {len(cvs)} CVs by {generator}: {len(cvs) - todo} in the cache {cache.path}, {todo} to write")
-room = G.config.max_seq_len - args.max_new_tokens - template_overhead(tok, args.lang)  # CV tokens that fit G's context
-if room < 1:
-    fail(f"--max-new-tokens {args.max_new_tokens} leaves no room for a CV in G's context of {G.config.max_seq_len} "
-         "tokens; ask for fewer")
+room = cv_room(tok, G.config, args.lang, args.max_new_tokens)  # CV tokens that fit G's context
 make_jprimes(cache, G, tok, cvs, args.lang, room, max_new_tokens=args.max_new_tokens, best_of=args.best_of,
              temperature=args.temperature, U=U, tok_u=tok_u, seed=args.seed, autocast=autocast, log=log)
 jprime = {c: cache[c] for c in cvs}

@@ -147,7 +147,7 @@ FAULTS = [
      "train_rec.py writes into --out, beside an older run's files", REC + "::test_train_rec_replaces_out_as_a_whole"),
     ("train_rec.py", 'and not (Path(args.out) / "m0" / "matcher.json").is_file():',
      'and False:', "train_rec.py replaces any folder", REC + "::test_train_rec_will_not_replace_a_folder_of_something_else"),
-    ("train_rec.py", "if room < 1:", "if room < -10**9:", "train_rec.py: no room for a CV goes unsaid",
+    ("girl/cli.py", "    if room < 1:", "    if room < -10**9:", "no room for a CV goes unsaid",
      REC + "::test_train_rec_with_no_room_for_a_cv_says_so"),
     ("girl/lm/checkpoint.py", "if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():",
      "if False:", "nan weights load", "tests/test_bad_input.py::test_non_finite_weights_are_refused_naming_the_file_and_tensor"),

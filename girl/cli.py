@@ -359,12 +359,18 @@ def newest_generator() -> str:
     return str(max(found, key=lambda d: (d / "config.json").stat().st_mtime))
 
 
-def prompts_for(tok, config, cvs: list[str], names: list[str], lang: str, max_new_tokens: int) -> list[list[int]]:
-    """The prompt of each CV; a CV too long for G's context is cut, with a notice (on stderr)."""
+def cv_room(tok, config, lang: str, max_new_tokens: int) -> int:
+    """The CV tokens that fit G's context beside the template and --max-new-tokens; none: stop, saying so."""
     room = config.max_seq_len - max_new_tokens - template_overhead(tok, lang)
     if room < 1:
         fail(f"--max-new-tokens {max_new_tokens} leaves no room for a CV in G's context of "
              f"{config.max_seq_len} tokens; ask for fewer")
+    return room
+
+
+def prompts_for(tok, config, cvs: list[str], names: list[str], lang: str, max_new_tokens: int) -> list[list[int]]:
+    """The prompt of each CV; a CV too long for G's context is cut, with a notice (on stderr)."""
+    room = cv_room(tok, config, lang, max_new_tokens)
     out = []
     for cv, name in zip(cvs, names):
         ids, cut = prompt_ids(tok, cv, lang, room)

@@ -70,6 +70,15 @@ def read_json(path) -> dict:
     return obj
 
 
+def shard_names(index) -> list[str]:
+    """The shard files a model.safetensors.index.json names (its weight_map's values), sorted, each once; the
+    caller refuses any that is not a plain file name."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: no weight_map object; the file is damaged: fetch or copy it again")
+    return sorted(set(weight_map.values()))
+
+
 def write_json(path, obj):
     """JSON through a temporary file and a rename; a metric that is not a number (nan: no seeker had both
     labels) is written null, as JSON has no NaN and other readers refuse Python's bare NaN."""

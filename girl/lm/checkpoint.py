@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 
-from girl.files import CheckpointError, atomic_dir, plain_file_name, read_json, write_json
+from girl.files import CheckpointError, atomic_dir, plain_file_name, read_json, shard_names, write_json
 from girl.lm import hub
 from girl.lm.hf import config_from_hf, config_to_hf, hf_layout, hf_name, ignorable, to_hf
 from girl.lm.model import Config, RewardModel, Transformer
@@ -54,10 +54,7 @@ def open_folder(name_or_path) -> tuple[Path, Config, bool]:
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: no weight_map object; the file is damaged: fetch or copy it again")
-        shards = sorted(set(weight_map.values()))
+        shards = shard_names(index)
         if bad := [s for s in shards if not plain_file_name(s)]:
             raise CheckpointError(f"{index}: shard {bad[0]!r} is not a file name inside {folder}; refusing to read it")
         missing = [s for s in shards if not (folder / s).is_file()]

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from girl.files import plain_file_name
+from girl.files import plain_file_name, shard_names
 
 REQUIRED = ["config.json"]
 OPTIONAL = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
@@ -84,8 +84,7 @@ def download(repo_id: str, revision: str = "main") -> Path:
     for f in OPTIONAL:
         get(f, required=False)
     if get("model.safetensors.index.json", required=False):
-        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in shard_names(folder / "model.safetensors.index.json"):
             if not plain_file_name(shard):  # "../../x" would be fetched to, and read from, outside the cache
                 raise HubError(f"{repo_id}: the shard index names {shard!r}, not a file of the repo; refusing it")
             get(shard, required=True)
