@@ -26,6 +26,7 @@ from girl.cli import (COUNT, COUNT0, FINITE, MAKES, PROBABILITY_MASS, check_out,
                       prompts_for, setup)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, atomic_dir, write_json, write_jsonl
+from girl.lexical import TfIdf
 from girl.lm.checkpoint import train_args
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.sampling import decoded, generate
@@ -136,8 +137,16 @@ if args.eval:
                 "ppo": args.ppo if len(systems) > 1 else None, "rm": args.rank_with or "ckpt/rm", "lang": args.lang,
                 "device": str(device)}
     table = evaluation.markdown(results, settings, examples)
+    judged = None
+    if on_market and not args.eval_data:  # U itself as a judge of fit, beside the lexical reference and the oracle
+        lexical = TfIdf().fit(market.load_jobs(args.market_dir)[0])
+        bench = market.judge_bench(args.market_dir, "test", args.eval_cvs, lexical.cosine_all, 50, args.lang, args.seed)
+        judged = evaluation.judges_report(
+            {"U": lambda c, j: u_scores(U, tok_u, c, j, args.lang, autocast).numpy(), "lexical C→J": lexical.cosine,
+             "oracle f (ceiling)": bench.oracle}, bench, [("U", "lexical C→J")], seed=args.seed)
+        table += "\n" + evaluation.judges_markdown(judged, "U as a judge of fit, test seekers")
     with atomic_dir(args.eval_out) as tmp:
-        write_json(tmp / "eval.json", {"settings": settings, "rows": results, "examples": examples,
+        write_json(tmp / "eval.json", {"settings": settings, "rows": results, "examples": examples, "judges": judged,
                                        "seconds": time.time() - t_start})
         (tmp / "eval.md").write_text(table, encoding="utf-8")
     print("\n" + table)

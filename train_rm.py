@@ -11,7 +11,11 @@ and J− rejected by a recruiter for the same CV, with L_rmt = −log σ(U(C, J+
 On the market, by default, the triples are a recruiter's comparisons of G's own samples: K J′ per CV,
 each pair judged by the market's simulated recruiter (InstructGPT's recipe). A U trained on the
 application log alone never sees the kind of text PPO asks it to score, and PPO against it makes G
-worse (README, stage 2 and 3).
+worse (README, stage 2 and 3). Beside them, for every training CV, the recruiter compares a JD it accepted
+with random JDs of the market if asked (--random-jobs), mostly of another field: the negatives no
+application log holds. At the end the best U stands beside the training-free lexical score and the oracle on the validation
+seekers (metrics.json "judges"): their held-out triples, their best market job against a random one, and
+the jobs the lexical score retrieves for them, re-ranked.
 The built-in U shares G's tokenizer (read from --sft) and is smaller than G. Writes --out (default
 ckpt/rm): the best U by held-out loss as a Hugging Face *ForSequenceClassification folder (num_labels 1,
 opens in transformers), with train_args.json and metrics.json; --out-last holds the resumable state.
@@ -29,12 +33,13 @@ from girl.cli import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, add_market_flags, ad
                       load_rows, log, optimizer_step, parser, resuming, save_at_eval, save_state, setup, start_training,
                       training_args)
 from girl.files import CheckpointError, write_json
+from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, open_folder
 from girl.lm.hub import HubError
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import rm_loss
-from girl.reward import encode_triples, pair_scores
+from girl.reward import encode_triples, pair_scores, u_scores
 from girl.template import prompt_ids
 from girl.training import Progress, StopRequest, global_sum, lr_at, set_lr, step_indices
 
@@ -63,6 +68,16 @@ p.add_argument("--sample-temperature", type=POSITIVE, default=1.0,
                help="temperature of those samples: above PPO's, so that U also meets the unusable JDs PPO must "
                     "learn to avoid (default: 1.0)")
 p.add_argument("--max-new-tokens", type=COUNT, default=96, help="J′ length limit when sampling (default: 96)")
+p.add_argument("--random-jobs", type=COUNT0, default=0,
+               help="comparisons per training CV of a JD accepted for it with a random JD of the market, judged by the "
+                    "simulated recruiter (market only): most are of another field, a negative no application log holds. "
+                    "With 2, U orders a seeker's best job above a random one (0.92 against 0.55) but G's samples and the "
+                    "log's triples worse, and PPO against it gains less (README, stage 2) (default: 0)")
+p.add_argument("--report-seekers", type=COUNT0, default=200,
+               help="validation seekers on whose real jobs the final U is reported beside the lexical reference and "
+                    "the oracle (market only; 0: none) (default: 200)")
+p.add_argument("--candidates", type=COUNT, default=50,
+               help="jobs the lexical score retrieves for each of them, which U then re-ranks (default: 50)")
 # Optimization, evaluation, output
 add_training_flags(p, "triples", lr_builtin=1e-3, lr_pretrained=1e-5, eval_every=200, out="ckpt/rm")
 p.add_argument("--margin", type=NONNEGATIVE, default=0.0, help="m in −log σ(r+ − r− − m) (default: 0, the paper's loss)")
@@ -80,6 +95,9 @@ args.feedback = args.feedback or ("samples" if on_market else "log")
 if args.feedback != "log" and not on_market:
     fail(f"--feedback {args.feedback} needs the market's simulated recruiter; with your own --data use --feedback log "
          "(or collect recruiters' comparisons of G's samples as (C, J+, J−) triples yourself)")
+if args.random_jobs and not on_market:
+    fail("--random-jobs needs the market's simulated recruiter and its jobs; with your own --data, add the "
+         "negatives you have to its triples")
 sampling = on_market and args.samples_per_cv > 1  # held-out comparisons of samples are measured whatever U learns from
 
 # ----------------------------------------------------------------------------- tokenizer, G and U
@@ -138,9 +156,14 @@ if sampling:
     log(f"recruiter comparisons of G's samples: {len(comparisons['train'])} training, {len(comparisons['eval'])} "
         f"held-out ({K} per CV, T={args.sample_temperature}, {time.time() - t0:.0f}s)", rank=rank)
 del G
+# easy negatives: a JD accepted for the CV against a random JD of the market, judged by the same recruiter
+if args.random_jobs:
+    comparisons["random_jobs"] = market.random_job_comparisons(train_rows, market.load_jobs(mdir)[0], args.random_jobs,
+                                                               args.lang, random.Random(args.seed))
+    log(f"recruiter comparisons of accepted JDs with random market JDs: {len(comparisons['random_jobs'])}", rank=rank)
 
-train, cut = encode_triples(tok, (train_rows if args.feedback != "samples" else []) + comparisons["train"], args.lang,
-                            args.max_len)
+train, cut = encode_triples(tok, (train_rows if args.feedback != "samples" else []) + comparisons["train"]
+                            + comparisons.get("random_jobs", []), args.lang, args.max_len)
 if not train:
     fail("no training triples: the recruiter found every pair of G's samples equally good (none may parse); "
          "train G longer, or use --feedback log")
@@ -199,11 +222,25 @@ for step in range(state["step"], max_steps):
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final metrics
+
+
+def judges() -> dict:
+    """The best U beside the training-free lexical reference and the oracle, on the validation seekers: the
+    held-out triples that chose it, and real jobs of those seekers (their best job against a random one; the
+    --candidates jobs the lexical score retrieves, re-ranked). The test seekers' are generate.py --eval's."""
+    U = load_model(args.out, RewardModel, dtype=torch.float32, device=device)
+    lexical = TfIdf().fit(market.load_jobs(mdir)[0])
+    bench = market.judge_bench(mdir, "val", args.report_seekers, lexical.cosine_all, args.candidates, args.lang, args.seed)
+    scorers = {"U": lambda c, j: u_scores(U, tok, c, j, args.lang, autocast).numpy(), "lexical C→J": lexical.cosine,
+               "oracle f (ceiling)": bench.oracle}
+    return evaluation.judges_report(scorers, bench, [("U", "lexical C→J")], seed=args.seed)
+
 if rank == 0:
     metrics = {**state["best_eval"],
                **{f"initial_{k}": v for k, v in state["initial_eval"].items() if k.endswith(("eval_loss", "eval_accuracy"))},
                "eval_pairs": len(evals[""]), "samples_eval_pairs": len(evals.get("samples_", [])),
-               "samples_train_pairs": len(comparisons["train"]), "u_parameters": u_parameters, "g_parameters": g_parameters,
+               "samples_train_pairs": len(comparisons["train"]), "random_job_pairs": len(comparisons.get("random_jobs", [])),
+               "train_pairs": len(train), "u_parameters": u_parameters, "g_parameters": g_parameters,
                "steps": state["step"], "train_tokens": state["train_tokens"], "train_seconds": train_seconds,
                "tokens_per_sec": progress.tokens / max(train_seconds, 1e-9), "sequences_cut": cut}
     # how often the true f agrees with the recruiter on these pairs: the ceiling their noise allows
@@ -211,7 +248,11 @@ if rank == 0:
         if rows:
             metrics[f"{prefix}oracle_accuracy"] = market.oracle_accuracy(rows, args.lang)
             metrics[f"{prefix}accuracy_vs_oracle"] = metrics[f"{prefix}eval_accuracy"] / metrics[f"{prefix}oracle_accuracy"]
+    if on_market and args.report_seekers:
+        metrics["judges"] = judges()
     write_json(Path(args.out) / "metrics.json", metrics)
-    log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if not isinstance(v, dict)}))
+    if "judges" in metrics:
+        log("\n" + evaluation.judges_markdown(metrics["judges"], "U as a judge of fit, validation seekers"))
     log(f"wrote {args.out}/ (best by eval loss) and {args.out_last}/ (resumable)")
 finish(world)

@@ -16,8 +16,10 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from girl import ranking
 from girl.data import IGNORE, collate
 from girl.lm.sampling import decoded, generate, response_logprobs, rollout
 from girl.losses import rm_loss, sft_loss
@@ -58,6 +60,56 @@ def rm_eval(U, triples: dict[str, list], pad_id: int, batch_size: int, margin: f
     U.train()
     out["loss"] = statistics.fmean(out[f"{prefix}eval_loss"] for prefix in triples)
     return out
+
+
+def judge_on_jobs(score, cvs: list[str], best: list[str], random: list[str], candidates: list[list[str]],
+                  gains: list, k: int = 10) -> dict:
+    """A judge of fit on real jobs of held-out seekers: U, or any score(cvs, jds) -> [n] scores of pairs.
+
+    best_vs_random: the share of seekers whose best job of the market (best[i]) it scores above a random job
+    of the market (random[i]), ties counting half. ndcg@k: its order of each seeker's candidates (e.g. the jobs a
+    lexical score retrieves) against their gains (the oracle's f), averaged over seekers."""
+    s_best, s_random = np.asarray(score(cvs, best)), np.asarray(score(cvs, random))
+    flat = np.asarray(score([c for c, js in zip(cvs, candidates) for _ in js], [j for js in candidates for j in js]))
+    ends = np.cumsum([len(js) for js in candidates])
+    ndcg = [ranking.ndcg_at_k(s, g, k) for s, g in zip(np.split(flat, ends[:-1]), gains)]
+    return {"best_vs_random": ranking.ordered_share(s_best, s_random), f"ndcg@{k}": float(np.nanmean(ndcg))}
+
+
+def judges_report(judges: dict, bench, compare: list[tuple], k: int = 10, seed: int = 0) -> dict:
+    """Judges of fit (name -> score(cvs, jds) -> [n]) on a bench of held-out seekers (girl.market.JudgeBench, or
+    any object with its fields): "triples", the share of its (C, J+, J−) triples each orders right, with each
+    (a, b) of compare as a − b and its paired-bootstrap interval over CVs; "jobs", judge_on_jobs of each. A part
+    the bench has nothing for (no triples, no seekers) is None."""
+    out = {"triples": None, "jobs": None}
+    if bench.triples:
+        cvs = [r["cv"] for r in bench.triples]
+        pos = {n: np.asarray(f(cvs, [r["jd_pos"] for r in bench.triples])) for n, f in judges.items()}
+        neg = {n: np.asarray(f(cvs, [r["jd_neg"] for r in bench.triples])) for n, f in judges.items()}
+        out["triples"] = ranking.pairs_report(pos, neg, cvs, compare, seed=seed)
+    if bench.cvs:
+        out["jobs"] = {n: judge_on_jobs(f, bench.cvs, bench.best, bench.random, bench.candidates, bench.gains, k)
+                       for n, f in judges.items()} | {"n_seekers": len(bench.cvs),
+                                                      "candidates": max(map(len, bench.candidates))}
+    return out
+
+
+def judges_markdown(report: dict, title: str, k: int = 10) -> str:
+    """judges_report as a table: a row per judge, then each difference with its 95% interval over CVs."""
+    t, j = report["triples"] or {}, report["jobs"] or {}
+    names = [n for n, v in {**t, **j}.items() if isinstance(v, dict) and not isinstance(v.get("accuracy"), dict)]
+    cell = lambda d, key, n: f"{d[n][key]:.3f}" if n in d else "–"
+    lines = [f"**{title}**: {t.get('n_triples', 0)} (C, J+, J−) triples of {t.get('n_cvs', 0)} CVs; real jobs of "
+             f"{j.get('n_seekers', 0)} seekers (re-ranked: the {j.get('candidates', 0)} jobs the lexical score "
+             "retrieves for each, graded by the oracle's f)", "",
+             f"| judge | triples ordered right | best job above a random job | NDCG@{k} re-ranked |", "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {cell(t, 'accuracy', n)} | {cell(j, 'best_vs_random', n)} | {cell(j, f'ndcg@{k}', n)} |"
+              for n in dict.fromkeys(names)]
+    for name, d in t.items():
+        if isinstance(d, dict) and isinstance(d.get("accuracy"), dict):
+            a = d["accuracy"]
+            lines.append(f"| {name} (95% CI over CVs) | {a['diff']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] | | |")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -184,9 +236,15 @@ def table(systems: list[tuple], U, tok_u, tok, cvs: list[str], prompts: list[lis
     rows.append(measure(f"best-of-{N} on {systems[0][0]}, ranked by U", [s.texts[i] for i in pick],
                         [s.tokens[i] for i in pick], [u_all[i] for i in pick], math.log(N) - (N - 1) / N, t0))
     written[f"best-of-{N}"] = ([s.texts[i] for i in pick], [u_all[i] for i in pick])
+    first = None  # U's scores of the first reference (a random real JD), which the others are compared with
     for name, texts in (references or {}).items():
         t0 = time.time()
-        rows.append(measure(name, texts, [tok.encode(t) for t in texts], scored(texts), None, t0))
+        u = scored(texts)
+        rows.append(measure(name, texts, [tok.encode(t) for t in texts], u, None, t0))
+        if first is None:
+            first = (name, u)
+        else:  # e.g. the seeker's best job above a random job: does U know fit, not only form?
+            rows[-1]["u_above"] = {"than": first[0], "share": ranking.ordered_share(u, first[1])}
 
     examples = [{"cv": cvs[i], "jds": {system: {"jd": texts[i], "u_score": u[i],
                                                 "oracle": oracle.score(i, texts[i]) if oracle else None}
@@ -210,6 +268,8 @@ def markdown(rows: list[dict], settings: dict, examples: list[dict]) -> str:
             cells += [f"{r['oracle']:.3f} ± {r['oracle_sem']:.3f}", f"{r['parse_rate']:.3f}"]
         cells += [f"{r['distinct_2']:.3f}", f"{r['length']:.1f}", kl]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"\nU scores {r['system']} above {r['u_above']['than']} for {r['u_above']['share']:.1%} of these CVs."
+              for r in rows if "u_above" in r]
     for i, e in enumerate(examples):
         lines += ["", f"Held-out CV {i}:", "", "```", e["cv"], "```", ""]
         for system, jd in e["jds"].items():

@@ -103,6 +103,18 @@ def recall_at_k(scores, relevant, k: int) -> float:
     return float(_top_k_weights(np.asarray(scores, dtype=np.float64), k)[1][r].sum() / min(k, r.sum()))
 
 
+def ordered(better, worse) -> np.ndarray:
+    """Per pair, 1 where a judge scores better_i above worse_i, ½ for a tie, 0 otherwise."""
+    a, b = np.asarray(better, dtype=np.float64), np.asarray(worse, dtype=np.float64)
+    return (a > b) + 0.5 * (a == b)
+
+
+def ordered_share(better, worse) -> float:
+    """The share of pairs a judge orders right (ties count half); nan without pairs."""
+    right = ordered(better, worse)
+    return float(right.mean()) if len(right) else math.nan
+
+
 def paired_bootstrap(stat_a, stat_b, n_groups: int, n_resamples: int = 1000, seed: int = 0) -> dict:
     """The difference stat_a − stat_b of two models on the same seekers, with a 95% percentile interval
     from resampling the seekers with replacement (Efron & Tibshirani, 1993, ch. 13).
@@ -169,6 +181,23 @@ def interaction_report(logits: dict, labels, groups, pairs: list[tuple], n_resam
     for a, b in pairs:
         out[f"{a} - {b}"] = {m: paired_bootstrap(on(a, f), on(b, f), len(seekers), n_resamples, seed)
                              for m, f in INTERACTION_METRICS.items()}
+    return out
+
+
+def pairs_report(pos: dict, neg: dict, groups, pairs: list[tuple], n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Each judge's share of (C, J+, J−) triples ordered right (pos, neg: name -> [n] scores of J+ and J−), and
+    for each (a, b) in pairs the difference a − b with its paired-bootstrap interval over CVs (groups): the
+    triples of one CV share its seeker, so the CV is what is drawn."""
+    cvs, g = np.unique(np.asarray(groups), return_inverse=True)
+    rows_of = SeekerRows(g)
+    right = {n: ordered(pos[n], neg[n]) for n in pos}
+
+    def on(name):
+        return lambda sample: float(right[name][rows_of.sample(sample)[0]].mean())
+
+    out = {n: {"accuracy": float(r.mean())} for n, r in right.items()} | {"n_triples": len(g), "n_cvs": len(cvs)}
+    for a, b in pairs:
+        out[f"{a} - {b}"] = {"accuracy": paired_bootstrap(on(a), on(b), len(cvs), n_resamples, seed)}
     return out
 
 

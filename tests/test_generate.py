@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from girl import market
+from girl import market, ranking
 from girl.cli import prompts_for
 from girl.data import right_pad, sft_example
+from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Config, RewardModel, Transformer
 from girl.lm.sampling import decoded, generate, response_logprobs, rollout
@@ -212,15 +213,34 @@ def test_eval_table(world, tmp_path):
     assert rows["PPO (G after stage 3)"]["kl_to_sft"] == pytest.approx(kl, rel=1e-5) and kl > 0
     # the references are the market's own JDs, found here by brute force over every job: the ceiling is each
     # seeker's best f over the market, the floor f of the job random.Random(--seed) draws for it
-    jobs = [job.attributes() for job in market.load_jobs(world / "data")[1]]
+    jds, job_list = market.load_jobs(world / "data")
+    jobs = [job.attributes() for job in job_list]
+    parsed = dict(zip(jds, jobs))
     best = [max(compatibility(s, job) for job in jobs) for s in seekers]
     rng = random.Random(0)
     drawn = [compatibility(s, jobs[rng.randrange(len(jobs))]) for s in seekers]
     assert rows["the seeker's best market job"]["oracle"] == pytest.approx(sum(best) / 8, rel=1e-12)
     assert rows["a random market JD"]["oracle"] == pytest.approx(sum(drawn) / 8, rel=1e-12)
     assert rows["a random market JD"]["parse_rate"] == rows["the seeker's best market job"]["parse_rate"] == 1.0
+    # U as a judge of fit on the same test seekers: the seeker's best job against the random one above, and the
+    # market's test triples, beside the lexical reference
+    best_jd = [max(jds, key=lambda t: compatibility(s, parsed[t])) for s in seekers]
+    rng = random.Random(0)
+    random_jd = [jds[rng.randrange(len(jds))] for _ in seekers]
+    share = ranking.ordered_share(u_scores(U, tok, cvs, best_jd, "en"), u_scores(U, tok, cvs, random_jd, "en"))
+    assert rows["the seeker's best market job"]["u_above"] == {"than": "a random market JD", "share": share}
+    judged = result["judges"]
+    assert judged["jobs"]["U"]["best_vs_random"] == share and judged["jobs"]["n_seekers"] == 8
+    triples = [json.loads(line) for line in (world / "data" / "rm_test.jsonl").read_text().splitlines()]
+    t_cvs = [t["cv"] for t in triples]
+    lexical = TfIdf().fit(jds)
+    for name, f in (("U", lambda c, j: u_scores(U, tok, c, j, "en").numpy()), ("lexical C→J", lexical.cosine)):
+        right = ranking.ordered(f(t_cvs, [t["jd_pos"] for t in triples]), f(t_cvs, [t["jd_neg"] for t in triples]))
+        assert judged["triples"][name]["accuracy"] == pytest.approx(right.mean(), abs=1e-12), name
     md = (tmp_path / "e" / "eval.md").read_text()
     assert "| | U's score | oracle | parse rate | distinct-2 | mean length | KL to SFT |" in md and md in r.stdout
+    assert f"U scores the seeker's best market job above a random market JD for {share:.1%} of these CVs." in md
+    assert "**U as a judge of fit, test seekers**" in md and "| U - lexical C→J (95% CI over CVs) |" in md
     assert len(result["examples"]) == 3 and set(result["examples"][0]["jds"]) == {"SFT", "PPO", "best-of-3"}
 
 

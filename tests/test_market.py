@@ -1,5 +1,6 @@
 """The synthetic market: the oracle reads back every JD the market writes, and f behaves as documented."""
 
+import json
 import math
 import random
 
@@ -63,6 +64,30 @@ def test_recruiter_comparisons_follow_the_fit_gap():
         assert abs(wins - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (gap, wins, p)  # within 4 binomial sd
     assert recruiter_prefers(s, good, good, "en", rng) is None  # equally good: no preference recorded
     assert recruiter_prefers(s, "", "unreadable", "en", rng) is None
+
+
+def test_random_job_comparisons_pit_an_accepted_jd_against_a_random_one(tmp_path):
+    from girl.market import load_jobs, random_job_comparisons
+
+    build(tmp_path, "en", seed=0, n_jobs=100, seekers=dict(sft=0, rm=60, ppo=0, test=0, val=0))
+    triples = [json.loads(line) for line in (tmp_path / "rm_train.jsonl").read_text().splitlines()]
+    jds, jobs = load_jobs(tmp_path)
+    field = dict(zip(jds, (j.field for j in jobs)))
+    accepted = {}
+    for r in triples:
+        accepted.setdefault(r["cv"], set()).add(r["jd_pos"])
+    out = random_job_comparisons(triples, jds, 3, "en", random.Random(0))
+    assert 0.9 * 3 * len(accepted) < len(out) <= 3 * len(accepted)  # ties (equal f) are dropped, and rare
+    other_field = 0
+    for r in out:
+        s = Seeker.from_json(r["seeker"])
+        mine = accepted[r["cv"]]
+        assert (r["jd_pos"] in mine and r["jd_neg"] in jds) or (r["jd_neg"] in mine and r["jd_pos"] in jds)
+        pos, neg = (oracle_score(s, r[k], "en") for k in ("jd_pos", "jd_neg"))
+        if field[r["jd_neg"]] != s.field:  # an accepted JD against one of another field (f = 0): it wins
+            other_field += 1
+            assert r["jd_pos"] in mine and pos > 0
+    assert other_field > 0.6 * len(out)  # most random jobs are of another field than the seeker's
 
 
 def test_cvs_vary_but_carry_the_facts():

@@ -113,6 +113,32 @@ def test_a_seeker_drawn_twice_is_two_seekers():
     assert idx.tolist() == [0, 3, 0, 3, 1, 4, 5, 2] and groups.tolist() == [0, 0, 1, 1, 2, 2, 2, 3]
 
 
+def test_pairs_report_counts_ties_half_and_draws_cvs():
+    # judge A: right, wrong, right, tie; judge B: right on all four. CVs: x holds two triples, y and z one each
+    pos, neg = {"A": [2.0, 1.0, 3.0, 0.0], "B": [1.0] * 4}, {"A": [1.0, 2.0, 1.0, 0.0], "B": [0.0] * 4}
+    assert ranking.ordered([2, 1, 3, 0], [1, 2, 1, 0]).tolist() == [1.0, 0.0, 1.0, 0.5]
+    r = ranking.pairs_report(pos, neg, ["x", "x", "y", "z"], [("B", "A")], n_resamples=200)
+    assert r["A"]["accuracy"] == 0.625 and r["B"]["accuracy"] == 1.0 and (r["n_triples"], r["n_cvs"]) == (4, 3)
+    d = r["B - A"]["accuracy"]
+    # a resample of CVs: B − A is 0.5 on x's and z's triples and 0 on y's, so it lies in [0, 0.5]; it is 0 only
+    # when every CV drawn is y ((1/3)³ of the time) and 0.5 when none is ((2/3)³): both ends are in the 95% interval
+    assert d["diff"] == 0.375 and d["lo"] == 0.0 and d["hi"] == 0.5
+
+
+def test_judge_on_jobs_by_hand():
+    from girl.evaluation import judge_on_jobs
+
+    table = {("c1", "best1"): 3.0, ("c1", "rnd1"): 1.0, ("c2", "best2"): 0.0, ("c2", "rnd2"): 0.0,  # a tie: half
+             ("c1", "a"): 0.3, ("c1", "b"): 0.2, ("c1", "c"): 0.1, ("c2", "d"): 0.1, ("c2", "e"): 0.2, ("c2", "f"): 0.3}
+    score = lambda cvs, jds: [table[c, j] for c, j in zip(cvs, jds)]
+    r = judge_on_jobs(score, ["c1", "c2"], ["best1", "best2"], ["rnd1", "rnd2"], [["a", "b", "c"], ["d", "e", "f"]],
+                      [[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]], k=2)
+    assert r["best_vs_random"] == 0.75
+    # c1 ranks a, b first: (0 + 1/log2 3) / (1 + 0.5/log2 3); c2 ranks f, e: (0.5 + 1/log2 3) / the same
+    ideal = 1 + 0.5 / math.log2(3)
+    assert r["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / ideal + (0.5 + 1 / math.log2(3)) / ideal) / 2, rel=1e-12)
+
+
 def test_match_loss_is_binary_cross_entropy():
     logits, y = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1, 0, 0])
     p = 1 / (1 + np.exp(-logits.numpy().astype(np.float64)))

@@ -1,13 +1,17 @@
 """train_rm.py as a user runs it, on a tiny market and a tiny G."""
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from girl import market, ranking
+from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model
 from girl.lm.model import RewardModel
 from girl.lm.tokenizer import Tokenizer
@@ -89,13 +93,59 @@ def test_feedback_on_samples_needs_comparisons(market_and_g, tmp_path):
     d = market_and_g
     common = ["--market-dir", d / "data", "--lang", "en", "--sft", d / "sft", "--sample-cvs", "4",
               "--samples-per-cv", "2", "--max-new-tokens", "8", "--max-steps", "2", "--eval-every", "2"]
-    r = run(ROOT / "train_rm.py", *common, "--out", tmp_path / "s", check=False)
+    r = run(ROOT / "train_rm.py", *common, "--random-jobs", "0", "--out", tmp_path / "s", check=False)
     assert r.returncode == 2 and "no training triples" in r.stderr and "--feedback log" in r.stderr
     assert not (tmp_path / "s").exists()
     r = run(ROOT / "train_rm.py", *common, "--feedback", "both", "--out", tmp_path / "b")
     assert "recruiter comparisons of G's samples: 0 training" in r.stdout
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["samples_train_pairs"] == 0 and metrics["eval_pairs"] > 0
-    r = run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", d / "data" / "rm_train.jsonl", "--feedback", "samples",
-            "--out", tmp_path / "o", check=False)
-    assert r.returncode == 2 and "needs the market's simulated recruiter" in r.stderr
+    for flag in (["--feedback", "samples"], ["--random-jobs", "1"]):
+        r = run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", d / "data" / "rm_train.jsonl", *flag,
+                "--out", tmp_path / "o", check=False)
+        assert r.returncode == 2 and "needs the market's simulated recruiter" in r.stderr, flag
+
+
+def test_u_learns_from_random_jobs_and_stands_beside_the_lexical_reference(market_and_g, tmp_path):
+    """On the market U can also learn the recruiter's comparisons of accepted JDs with random jobs of the market
+    (--random-jobs 2: two per CV), and its report puts it beside the lexical reference and the oracle on
+    the validation seekers: each number recomputed here from the U saved and the market's files."""
+    d = market_and_g
+    r = run(ROOT / "train_rm.py", "--market-dir", d / "data", "--lang", "en", "--sft", d / "sft", "--feedback", "log",
+            "--random-jobs", "2", "--max-steps", "2", "--eval-every", "2", "--report-seekers", "10", "--candidates", "5", "--out", tmp_path / "rm")
+    metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
+    read = lambda name: [json.loads(line) for line in (d / "data" / f"{name}.jsonl").read_text().splitlines()]
+    train, val = read("rm_train"), read("rm_val")
+    jds, jobs = market.load_jobs(d / "data")
+    easy = market.random_job_comparisons(train, jds, 2, "en", random.Random(0))
+    assert metrics["random_job_pairs"] == len(easy) > 0 and metrics["train_pairs"] == len(train) + len(easy)
+    assert "U as a judge of fit, validation seekers" in r.stdout
+    u, tok = load_model(tmp_path / "rm", RewardModel), Tokenizer.from_pretrained(tmp_path / "rm")
+    lexical = TfIdf().fit(jds)
+    cvs = [x["cv"] for x in val]
+    scored = {"U": lambda c, j: u_scores(u, tok, c, j, "en").numpy(), "lexical C→J": lexical.cosine}
+    triples, on_jobs = metrics["judges"]["triples"], metrics["judges"]["jobs"]
+    for name, f in scored.items():
+        right = ranking.ordered(f(cvs, [x["jd_pos"] for x in val]), f(cvs, [x["jd_neg"] for x in val]))
+        assert triples[name]["accuracy"] == pytest.approx(right.mean(), abs=1e-12), name
+    assert triples["U"]["accuracy"] == pytest.approx(metrics["eval_accuracy"], rel=1e-6)  # the chosen U (a float32 mean)
+    assert triples["oracle f (ceiling)"]["accuracy"] == pytest.approx(market.oracle_accuracy(val, "en"), abs=1e-12)
+    d_acc = triples["U - lexical C→J"]["accuracy"]
+    assert d_acc["diff"] == pytest.approx(triples["U"]["accuracy"] - triples["lexical C→J"]["accuracy"], abs=1e-12)
+    assert d_acc["lo"] <= d_acc["diff"] <= d_acc["hi"]
+    held = market.heldout(d / "data", 10, "val")
+    seekers = market.seekers(held)
+    attrs = [j.attributes() for j in jobs]
+    best = [max(range(len(jobs)), key=lambda i: market.compatibility(s, attrs[i])) for s in seekers]
+    rng = random.Random(0)
+    random_job = [rng.randrange(len(jobs)) for _ in seekers]
+    vcv = [x["cv"] for x in held]
+    u_best, u_random = scored["U"](vcv, [jds[i] for i in best]), scored["U"](vcv, [jds[i] for i in random_job])
+    assert on_jobs["U"]["best_vs_random"] == pytest.approx(ranking.ordered_share(u_best, u_random), abs=1e-12)
+    assert on_jobs["oracle f (ceiling)"]["ndcg@10"] == 1.0  # the oracle ranks by the gains themselves
+    ndcg = []
+    for i, c in enumerate(vcv):
+        top = sorted(range(len(jds)), key=lambda j: -lexical.cosine([c], [jds[j]])[0])[:5]
+        gains = [market.compatibility(seekers[i], attrs[j]) for j in top]
+        ndcg.append(ranking.ndcg_at_k(scored["U"]([c] * 5, [jds[j] for j in top]), gains, 10))
+    assert on_jobs["U"]["ndcg@10"] == pytest.approx(float(np.nanmean(ndcg)), rel=1e-9)

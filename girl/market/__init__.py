@@ -8,7 +8,7 @@ losses, reward, ppo, evaluation) never imports it; the scripts do, when a user r
     world.py    Seeker, Job, f, who applies where, what recruiters accept
     text.py     how CVs and JDs are written in zh and en, and the parser that reads a JD back
     oracle.py   f of any JD text (the oracle), the simulated recruiter, reference jobs
-    splits.py   the application log cut into the stages' JSONL files
+    splits.py   the application log cut into the stages' JSONL files; the bench a judge of fit is measured on
 
     python -m girl.market --out data/ --lang zh      # write the splits (the scripts do this on first use)
 
@@ -20,15 +20,18 @@ from girl.market.oracle import (
                                 oracle_accuracy,
                                 oracle_eval,
                                 oracle_score,
+                                random_job_comparisons,
                                 recruiter_comparisons,
                                 recruiter_prefers,
                                 reference_jobs,
                                 references,
 )
-from girl.market.splits import SPLITS, MarketError, build, ensure, heldout, load_jobs, reference_jds, seekers
+from girl.market.splits import (SPLITS, JudgeBench, MarketError, build, ensure, heldout, judge_bench, load_jobs,
+                                reference_jds, seekers)
 from girl.market.text import LANGS, parse_jd, render_cv, render_jd
 from girl.market.world import Job, Seeker, compatibility
 
-__all__ = ["Job", "LANGS", "Oracle", "SPLITS", "Seeker", "build", "compatibility", "ensure", "heldout", "load_jobs",
-           "oracle_accuracy", "oracle_eval", "oracle_score", "parse_jd", "recruiter_comparisons",
+__all__ = ["Job", "JudgeBench", "LANGS", "Oracle", "SPLITS", "Seeker", "build", "compatibility", "ensure", "heldout",
+           "judge_bench", "load_jobs",
+           "oracle_accuracy", "oracle_eval", "oracle_score", "parse_jd", "random_job_comparisons", "recruiter_comparisons",
            "recruiter_prefers", "reference_jds", "reference_jobs", "references", "render_cv", "render_jd", "seekers"]

@@ -68,6 +68,27 @@ def recruiter_comparisons(rows: list[dict], jds: list[list[str]], lang: str, rng
     return out
 
 
+def random_job_comparisons(triples: list[dict], jds: list[str], per_cv: int, lang: str, rng: random.Random) -> list[dict]:
+    """(C, J+, J−) triples of the recruiter comparing, per_cv times for each CV of the triples, a JD it accepted
+    for the CV (one of its J+) with a random JD of the market (ties dropped). Most such jobs are of another
+    field, and the recruiter turns them down: the easy negatives an application log never holds, since
+    seekers apply within their field. triples carry "cv", "jd_pos" and "seeker"."""
+    row, accepted = {}, {}
+    for r in triples:
+        row.setdefault(r["cv"], r)
+        accepted.setdefault(r["cv"], []).append(r["jd_pos"])
+    out = []
+    for cv, r in row.items():
+        s = Seeker.from_json(r["seeker"])
+        for _ in range(per_cv):
+            a, b = rng.choice(accepted[cv]), rng.choice(jds)
+            prefers_a = recruiter_prefers(s, a, b, lang, rng)
+            if prefers_a is not None:
+                win, lose = (a, b) if prefers_a else (b, a)
+                out.append({"cv": r["cv"], "jd_pos": win, "jd_neg": lose, "seeker": r["seeker"]})
+    return out
+
+
 def oracle_accuracy(triples: list[dict], lang: str) -> float:
     """How often the true f agrees with the recruiter on (C, J+, J−) triples that carry their seeker: the
     ceiling of a reward model's accuracy that the recruiters' noise allows (a tie counts half)."""

@@ -16,13 +16,15 @@ earlier draw of the market as it was.
 
 import json
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from girl.files import write_json, write_jsonl
-from girl.market.oracle import reference_jobs
+from girl.market.oracle import oracle_score, reference_jobs
 from girl.market.text import LANGS, render_cv, render_jd
-from girl.market.world import Job, Seeker, accepted, applications, sample_job, sample_seeker
+from girl.market.world import Job, Seeker, accepted, applications, compatibility, sample_job, sample_seeker
 
 class MarketError(ValueError):
     """A market folder that holds another market than the one asked for; the message says what to pass."""
@@ -131,6 +133,42 @@ def heldout(folder, n: int | None = None, part: str = "test") -> list[dict]:
 def seekers(rows: list[dict]) -> list[Seeker]:
     """The seekers behind rows that carry one (the market's val, test, ppo and rm files)."""
     return [Seeker.from_json(r["seeker"]) for r in rows]
+
+
+@dataclass
+class JudgeBench:
+    """What a judge of fit (U, or the lexical reference) is measured on, for held-out seekers of one part:
+    their (C, J+, J−) triples; for each seeker its CV, its best job of the market and a random one, and the
+    jobs a retrieval score puts first with the oracle's f of each as its gain. oracle(cvs, jds) is f of any
+    pair of these seekers' CVs and JD texts: the ceiling every judge stands under."""
+    triples: list[dict]
+    cvs: list[str]
+    best: list[str]
+    random: list[str]
+    candidates: list[list[str]]
+    gains: list[list[float]]
+    lang: str
+    seeker: dict = field(repr=False)  # CV -> Seeker
+
+    def oracle(self, cvs: list[str], jds: list[str]) -> list[float]:
+        return [oracle_score(self.seeker[c], j, self.lang) or 0.0 for c, j in zip(cvs, jds, strict=True)]
+
+
+def judge_bench(folder, part: str, n: int, retrieve, candidates: int, lang: str, seed: int = 0) -> JudgeBench:
+    """The JudgeBench of the first n seekers of a held-out part ("val" while training, "test" for the final
+    report) and all its triples; retrieve(cvs, jds) -> [len(cvs), len(jds)] scores picks each seeker's
+    candidates (the training-free lexical score, say)."""
+    triples = [json.loads(line) for line in (Path(folder) / f"rm_{part}.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = heldout(folder, n, part)
+    jds, jobs = load_jobs(folder)
+    seeker = {r["cv"]: Seeker.from_json(r["seeker"]) for r in triples + rows}
+    cvs = [r["cv"] for r in rows]
+    random_job, best_job = reference_jobs([seeker[c] for c in cvs], jobs, seed)
+    retrieved = np.argsort(-np.asarray(retrieve(cvs, jds)), axis=1, kind="stable")[:, :candidates]
+    attrs = [j.attributes() for j in jobs]
+    return JudgeBench(triples, cvs, [jds[i] for i in best_job], [jds[i] for i in random_job],
+                      [[jds[i] for i in top] for top in retrieved],
+                      [[compatibility(seeker[c], attrs[i]) for i in top] for c, top in zip(cvs, retrieved)], lang, seeker)
 
 
 def reference_jds(folder, seekers: list[Seeker], seed: int = 0) -> dict[str, list[str]]:

@@ -1,0 +1,263 @@
+"""Issue 22's bench: what makes U learn fit? Trains one U on a recipe of (C, J+, J−) triples for a fixed number
+of steps and measures it on the validation seekers: the held-out triples of the log (beside the lexical
+score), the seeker's best market job against a random one (of any field, of another, of its own), and NDCG@10
+of U re-ranking the 50 jobs the lexical score retrieves. Appends a line to --log-to (bench/results/rm-lab.jsonl);
+README, stage 2, has the table. Run from the repository root after the pipeline's
+train_sft.py (it reads data/ and ckpt/sft):
+
+    PYTHONPATH=. python bench/rm_lab.py --log --steps 200                  # the application log's triples
+    PYTHONPATH=. python bench/rm_lab.py --log --field-neg 2 --peer-neg 2   # + other fields' and other seekers' JDs
+    PYTHONPATH=. python bench/rm_lab.py --market-pairs 4 --any-pairs 4     # recruiter-judged pairs of market jobs
+    PYTHONPATH=. python bench/rm_lab.py --group 9 [--layers 3 | --scratch [--arch 4,128,4,2,384] | --emb fresh]
+    PYTHONPATH=. python bench/rm_lab.py --samples --sample-cvs 1000 --random-jobs 2 --steps 520   # the default's data
+    PYTHONPATH=. python bench/rm_lab.py --group 9 --steps 3000 --eval-every 250                   # more time
+
+A lab script, not a stage: one thread, no checkpoint, a plain AdamW loop with train_rm.py's learning-rate schedule.
+"""
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from girl import evaluation, market, ranking
+from girl.lexical import TfIdf
+from girl.lm.checkpoint import load_model
+from girl.lm.model import RewardModel
+from girl.lm.tokenizer import Tokenizer
+from girl.losses import rm_loss
+from girl.reward import encode_triples, pair_scores, u_scores
+from girl.template import prompt_ids
+from girl.training import adamw, lr_at, set_lr
+
+p = argparse.ArgumentParser()
+p.add_argument("--log", action="store_true")
+p.add_argument("--samples", action="store_true")
+p.add_argument("--sample-cvs", type=int, default=1200)
+p.add_argument("--field-neg", type=int, default=0, help="per CV: J+ vs a random job of another field")
+p.add_argument("--peer-neg", type=int, default=0, help="per CV: J+ vs another seeker's accepted JD, same field")
+p.add_argument("--market-pairs", type=int, default=0, help="per CV: two random same-field market jobs")
+p.add_argument("--random-jobs", type=int, default=0, help="per CV: J+ vs a random market job")
+p.add_argument("--any-pairs", type=int, default=0, help="per CV: two random market jobs")
+p.add_argument("--group", type=int, default=0, help="K JDs per CV, every pair judged (InstructGPT's K-wise)")
+p.add_argument("--group-cvs", type=int, default=4, help="CVs per step in --group mode")
+p.add_argument("--layers", type=int, default=2)
+p.add_argument("--steps", type=int, default=400)
+p.add_argument("--batch", type=int, default=16)
+p.add_argument("--lr", type=float, default=1e-3)
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--scratch", action="store_true", help="U not started from G")
+p.add_argument("--emb", choices=["g", "fresh", "noise", "center"], default="g", help="U's token embeddings")
+p.add_argument("--arch", help="scratch U: layers,dim,heads,kv_heads,hidden")
+p.add_argument("--eval-every", type=int, default=0)
+p.add_argument("--theta", type=float, default=0, help="U's rope_theta (default: G's)")
+p.add_argument("--log-to", default="bench/results/rm-lab.jsonl", help="JSONL the result line is appended to")
+p.add_argument("--threads", type=int, default=1)
+p.add_argument("--tag", default="")
+args = p.parse_args()
+torch.set_num_threads(args.threads)
+torch.manual_seed(args.seed)
+t0 = time.time()
+lang, mdir = "zh", Path("data")
+read = lambda name: [json.loads(line) for line in (mdir / name).read_text(encoding="utf-8").splitlines()]
+G, tok = load_model("ckpt/sft", dtype=torch.float32), Tokenizer.from_pretrained("ckpt/sft")
+jds, jobs = market.load_jobs(mdir)
+field_of = {t: j.field for t, j in zip(jds, jobs)}
+by_field = {}
+for t, j in zip(jds, jobs):
+    by_field.setdefault(j.field, []).append(t)
+rng = random.Random(args.seed)
+
+rm_train = read("rm_train.jsonl")
+cvs = list({r["cv"]: r for r in rm_train}.values())  # one row per CV, carries its seeker
+accepted = {}
+for r in rm_train:
+    accepted.setdefault(r["cv"], []).append(r["jd_pos"])
+accepted = {k: list(dict.fromkeys(v)) for k, v in accepted.items()}
+accepted_in_field = {}
+for cv, v in accepted.items():
+    for jd in v:
+        accepted_in_field.setdefault(field_of[jd], []).append((cv, jd))
+
+
+def judged(row, a, b):
+    s = market.Seeker.from_json(row["seeker"])
+    pref = market.recruiter_prefers(s, a, b, lang, rng)
+    if pref is None:
+        return None
+    win, lose = (a, b) if pref else (b, a)
+    return {"cv": row["cv"], "jd_pos": win, "jd_neg": lose, "seeker": row["seeker"]}
+
+
+rows = []
+if args.log:
+    rows += rm_train
+if args.samples:
+    cache = Path(f"/tmp/rm_samples_{args.sample_cvs}.json")
+    if not cache.exists():
+        K = 4
+        sub = cvs[: args.sample_cvs]
+        prompts = [prompt_ids(tok, r["cv"], lang, 128)[0] for r in sub for _ in range(K)]
+        s = evaluation.sample_jds(G, tok, prompts, 96, 1.0, torch.Generator().manual_seed(0), batch_size=256)
+        cache.write_text(json.dumps([s.texts[i * K : (i + 1) * K] for i in range(len(sub))]))
+    texts = json.loads(cache.read_text())
+    rows += market.recruiter_comparisons(cvs[: len(texts)], texts, lang, random.Random(0))
+fields = list(by_field)
+for r in cvs:
+    s = market.Seeker.from_json(r["seeker"])
+    mine = accepted[r["cv"]]
+    for _ in range(args.field_neg):
+        other = rng.choice([f for f in fields if f != s.field])
+        x = judged(r, rng.choice(mine), rng.choice(by_field[other]))
+        rows += [x] if x else []
+    for _ in range(args.peer_neg):
+        peers = [jd for cv, jd in accepted_in_field.get(s.field, []) if cv != r["cv"]]
+        x = judged(r, rng.choice(mine), rng.choice(peers))
+        rows += [x] if x else []
+    for _ in range(args.market_pairs):
+        x = judged(r, *rng.sample(by_field[s.field], 2))
+        rows += [x] if x else []
+    for _ in range(args.random_jobs):
+        x = judged(r, rng.choice(mine), rng.choice(jds))
+        rows += [x] if x else []
+    for _ in range(args.any_pairs):
+        x = judged(r, *rng.sample(jds, 2))
+        rows += [x] if x else []
+rejected = {}
+for r in rm_train:
+    rejected.setdefault(r["cv"], []).append(r["jd_neg"])
+groups = []
+if args.group:
+    from girl.reward import u_input
+    for r in cvs:
+        s = market.Seeker.from_json(r["seeker"])
+        peers = [jd for cv, jd in accepted_in_field.get(s.field, []) if cv != r["cv"]]
+        other = rng.choice([f for f in fields if f != s.field])
+        pool = (accepted[r["cv"]][:2] + list(dict.fromkeys(rejected[r["cv"]]))[:2] + rng.sample(peers, 2)
+                + rng.sample(by_field[s.field], 2) + [rng.choice(by_field[other])])[: args.group]
+        pool = list(dict.fromkeys(pool))
+        f = [market.oracle_score(s, t, lang) or 0.0 for t in pool]
+        pairs = []
+        for a in range(len(pool)):
+            for b in range(a + 1, len(pool)):
+                if f[a] == f[b]:
+                    continue
+                pa = rng.random() < 1 / (1 + np.exp(-12 * (f[a] - f[b])))
+                pairs.append((a, b) if pa else (b, a))
+        if pairs:
+            groups.append(([u_input(tok, r["cv"], t, lang, 256)[0] for t in pool], pairs))
+    print(f"{len(groups)} groups, {sum(len(g[1]) for g in groups)} pairs", flush=True)
+train, _ = encode_triples(tok, rows, lang, 256)
+print(f"{len(train)} training triples ({time.time() - t0:.0f}s)", flush=True)
+
+U = RewardModel.from_generator(G, args.layers)
+if args.scratch:
+    from dataclasses import replace
+    c = U.config
+    if args.arch:
+        L, D, H, KV, HID = map(int, args.arch.split(","))
+        c = replace(c, n_layers=L, dim=D, n_heads=H, n_kv_heads=KV, head_dim=D // H, hidden_dim=HID)
+    U = RewardModel(c)
+if args.theta:
+    from dataclasses import replace as _replace
+    _sd = U.state_dict()
+    U = RewardModel(_replace(U.config, rope_theta=args.theta))
+    U.load_state_dict(_sd)
+print("U parameters", U.num_parameters(), flush=True)
+del G
+E = U.backbone.tok_emb.weight
+with torch.no_grad():
+    if args.emb == "fresh":
+        E.normal_(0, E.std().item())
+    elif args.emb == "noise":
+        E.add_(torch.randn_like(E) * E.std())
+    elif args.emb == "center":
+        E.sub_(E.mean(0))
+print("embedding std", E.std().item(), "norm", E.norm(dim=-1).mean().item(), flush=True)
+opt = adamw(U, args.lr, 0.1)
+g = torch.Generator().manual_seed(args.seed)
+order = torch.randperm(len(train), generator=g).tolist()
+pad = tok.pad_or_eos_id
+t1 = time.time()
+if args.group:
+    random.Random(args.seed).shuffle(groups)
+if args.eval_every:
+    val_enc = encode_triples(tok, read("rm_val.jsonl"), lang, 256)[0]
+    _rows = market.heldout(mdir, 200, part="val")
+    _s = market.seekers(_rows)
+    vcv = [r["cv"] for r in _rows]
+    best_i = market.reference_jobs(_s, jobs, seed=1)[1]
+    _r = random.Random(5)
+    same_jd = [_r.choice(by_field[s.field]) for s in _s]
+for step in range(args.steps):
+    set_lr(opt, lr_at(step, args.steps, args.lr, 30))
+    lo = (step * args.batch) % max(len(train), 1)
+    if train and lo + args.batch > len(train):
+        order = torch.randperm(len(train), generator=g).tolist()
+    if args.group:
+        from girl.reward import scores_of
+        gs = [groups[(step * args.group_cvs + i) % len(groups)] for i in range(args.group_cvs)]
+        seqs, wi, li, off = [], [], [], 0
+        for sq, pr in gs:
+            seqs += sq
+            wi += [off + a for a, b in pr]
+            li += [off + b for a, b in pr]
+            off += len(sq)
+        r = scores_of(U, seqs, pad)
+        pos, neg = r[wi], r[li]
+    else:
+        batch = [train[order[(lo + i) % len(train)]] for i in range(args.batch)]
+        pos, neg = pair_scores(U, batch, pad)
+    loss = rm_loss(pos, neg)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(U.parameters(), 1.0)
+    opt.step()
+    if step % 100 == 0:
+        print(f"step {step} loss {loss.item():.4f} ({time.time() - t1:.0f}s)", flush=True)
+    if args.eval_every and (step + 1) % args.eval_every == 0:
+        ev = evaluation.rm_eval(U, {"": val_enc}, pad, 64)
+        same = (u_scores(U, tok, vcv, [jds[i] for i in best_i], lang) > u_scores(U, tok, vcv, same_jd, lang)).float().mean().item()
+        print(f"EVAL step {step + 1} val_acc {ev['eval_accuracy']:.4f} best_vs_same_field {same:.3f}", flush=True)
+train_s = time.time() - t1
+
+# --------------------------------------------------------------------- validation
+U.eval()
+val_triples = read("rm_val.jsonl")
+ev = evaluation.rm_eval(U, {"": encode_triples(tok, val_triples, lang, 256)[0]}, pad, 64)
+tfidf = TfIdf().fit(jds)
+lex = tfidf.cosine([r["cv"] for r in val_triples], [r["jd_pos"] for r in val_triples]) > \
+    tfidf.cosine([r["cv"] for r in val_triples], [r["jd_neg"] for r in val_triples])
+seekers_rows = market.heldout(mdir, 200, part="val")
+seekers = market.seekers(seekers_rows)
+rand_i, best_i = market.reference_jobs(seekers, jobs, seed=1)
+vcv = [r["cv"] for r in seekers_rows]
+u_best = u_scores(U, tok, vcv, [jds[i] for i in best_i], lang)
+u_rand = u_scores(U, tok, vcv, [jds[i] for i in rand_i], lang)
+other = [rng.choice([t for t in jds if field_of[t] != s.field]) for s in seekers]  # slow but fine
+same = [rng.choice(by_field[s.field]) for s in seekers]
+u_other = u_scores(U, tok, vcv, other, lang)
+u_same = u_scores(U, tok, vcv, same, lang)
+# re-rank the 50 jobs the lexical score retrieves
+S = tfidf.cosine_all(vcv, jds)
+ndcg_u, ndcg_lex = [], []
+attrs = [j.attributes() for j in jobs]
+for i, s in enumerate(seekers):
+    top = np.argsort(-S[i])[:50]
+    gains = np.array([market.compatibility(s, attrs[k]) for k in top])
+    u = u_scores(U, tok, [vcv[i]] * 50, [jds[k] for k in top], lang).numpy()
+    ndcg_u.append(ranking.ndcg_at_k(u, gains, 10))
+    ndcg_lex.append(ranking.ndcg_at_k(S[i][top], gains, 10))
+out = dict(tag=args.tag, args=vars(args), n_train=len(train), train_s=round(train_s),
+           val_acc=round(ev["eval_accuracy"], 4), val_loss=round(ev["eval_loss"], 4), lexical_val_acc=round(float(lex.mean()), 4),
+           best_vs_random=round((u_best > u_rand).float().mean().item(), 3),
+           best_vs_other_field=round((u_best > u_other).float().mean().item(), 3),
+           best_vs_same_field=round((u_best > u_same).float().mean().item(), 3),
+           ndcg10_rerank50=round(float(np.nanmean(ndcg_u)), 4), lexical_ndcg10_top50=round(float(np.nanmean(ndcg_lex)), 4))
+print(json.dumps(out), flush=True)
+with open(args.log_to, "a") as f:
+    f.write(json.dumps(out) + "\n")
