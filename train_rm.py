@@ -223,7 +223,6 @@ train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final metrics
 
-
 def judges() -> dict:
     """The best U beside the training-free lexical reference and the oracle, on the validation seekers: the
     held-out triples that chose it, and real jobs of those seekers (their best job against a random one; the
@@ -234,6 +233,7 @@ def judges() -> dict:
     scorers = {"U": lambda c, j: u_scores(U, tok, c, j, args.lang, autocast).numpy(), "lexical C→J": lexical.cosine,
                "oracle f (ceiling)": bench.oracle}
     return evaluation.judges_report(scorers, bench, [("U", "lexical C→J")], seed=args.seed)
+
 
 if rank == 0:
     metrics = {**state["best_eval"],
