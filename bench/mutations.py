@@ -209,6 +209,14 @@ FAULTS = [
      "PPO: statistics of one process's rows", DIST_PPO),
     ("train_ppo.py", "args.temperature, rngs)", "args.temperature, rngs[0])", "PPO: one generator for a process's CVs",
      DIST_PPO),
+    # the loader's defaults for keys a config.json leaves out (transformers' own)
+    ("girl/lm/hf.py", 'tie_embeddings=hf.get("tie_word_embeddings", False),',
+     'tie_embeddings=hf.get("tie_word_embeddings", family == "qwen2"),', "qwen2 tied when config.json is silent",
+     "tests/test_model.py::test_config_defaults_are_transformers_defaults "
+     "tests/test_model.py::test_an_untied_qwen2_without_the_key_reads_its_lm_head"),
+    ("girl/lm/hf.py", 'max_seq_len=hf.get("max_position_embeddings", 32768 if family == "qwen2" else 2048),',
+     'max_seq_len=hf.get("max_position_embeddings", 2048),', "qwen2's default context",
+     "tests/test_model.py::test_config_defaults_are_transformers_defaults"),
     # U beside the lexical reference (issue 22)
     ("train_rm.py", '                            + comparisons.get("random_jobs", []), args.lang, args.max_len)',
      "                            , args.lang, args.max_len)", "RM: the random-job comparisons not trained on",

@@ -88,6 +88,41 @@ def test_families_differ_as_documented():
     assert gpt2.pos_emb is not None and llama.pos_emb is None
 
 
+def test_config_defaults_are_transformers_defaults():
+    """A key a config.json leaves out takes the value transformers' LlamaConfig / Qwen2Config / GPT2Config give it
+    (tie_word_embeddings: False, False, True; max_position_embeddings 2048, 32768; n_positions 1024)."""
+    from girl.lm.hf import config_from_hf
+
+    llama = dict(model_type="llama", vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=32)
+    for family, tied, positions in (("llama", False, 2048), ("qwen2", False, 32768)):
+        c = config_from_hf({**llama, "model_type": family})
+        assert (c.tie_embeddings, c.max_seq_len, c.norm_eps) == (tied, positions, 1e-6), family
+    c = config_from_hf(dict(model_type="gpt2", vocab_size=32, n_embd=16, n_layer=1, n_head=2))
+    assert (c.tie_embeddings, c.max_seq_len, c.norm_eps) == (True, 1024, 1e-5)
+
+
+def test_an_untied_qwen2_without_the_key_reads_its_lm_head(tmp_path):
+    """A Qwen2 checkpoint with its own lm_head.weight whose config.json does not say tie_word_embeddings is untied
+    (transformers' default): its logits are those of the same checkpoint saying "tie_word_embeddings": false,
+    not those of the tied embeddings with lm_head.weight dropped."""
+    d = copy_fixture("qwen2", tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    torch.manual_seed(0)
+    tensors["lm_head.weight"] = torch.randn_like(tensors["model.embed_tokens.weight"])
+    save_file(tensors, str(d / "model.safetensors"))
+    config = json.loads((d / "config.json").read_text())
+    ids = reference("qwen2")["input_ids"]
+    logits = {}
+    for name, tie in (("explicit", {"tie_word_embeddings": False}), ("left out", {})):
+        (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "tie_word_embeddings"} | tie))
+        with torch.no_grad():
+            logits[name] = load_model(d)(ids)
+    assert torch.equal(logits["left out"], logits["explicit"])
+    with torch.no_grad():  # and they are not the tied model's
+        assert not torch.allclose(logits["explicit"], load_model(FIXTURES / "tiny-qwen2")(ids))
+
+
 def test_default_dtype_and_explicit_dtype():
     model = load_model(FIXTURES / "tiny-qwen2")
     assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -108,10 +108,10 @@ def config_from_hf(hf: dict, where: str = "config.json") -> Config:
         n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_dim=hf.get("head_dim") or 0,
         hidden_dim=hf["intermediate_size"],
-        max_seq_len=hf.get("max_position_embeddings", 2048),
+        max_seq_len=hf.get("max_position_embeddings", 32768 if family == "qwen2" else 2048),  # transformers' defaults
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=_rope_theta(hf, where),
-        tie_embeddings=hf.get("tie_word_embeddings", family == "qwen2"),
+        tie_embeddings=hf.get("tie_word_embeddings", False),  # LlamaConfig's and Qwen2Config's default
         **ids,
     )
 
