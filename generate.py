@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 
 from girl import evaluation, market
-from girl.cli import (COUNT, COUNT0, FINITE, MAKES, PROBABILITY_MASS, check_out, fail, log, newest_generator, open_model, parser,
-                      prompts_for, setup)
+from girl.cli import (COUNT, COUNT0, FINITE, MAKES, PROBABILITY_MASS, check_out, fail, judge_u, log, newest_generator,
+                      open_model, parser, prompts_for, setup)
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, atomic_dir, write_json, write_jsonl
-from girl.lexical import TfIdf
 from girl.lm.checkpoint import train_args
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.sampling import decoded, generate
@@ -139,11 +138,7 @@ if args.eval:
     table = evaluation.markdown(results, settings, examples)
     judged = None
     if on_market and not args.eval_data:  # U itself as a judge of fit, beside the lexical reference and the oracle
-        lexical = TfIdf().fit(market.load_jobs(args.market_dir)[0])
-        bench = market.judge_bench(args.market_dir, "test", args.eval_cvs, lexical.cosine_all, 50, args.lang, args.seed)
-        judged = evaluation.judges_report(
-            {"U": lambda c, j: u_scores(U, tok_u, c, j, args.lang, autocast).numpy(), "lexical C→J": lexical.cosine,
-             "oracle f (ceiling)": bench.oracle}, bench, [("U", "lexical C→J")], seed=args.seed)
+        judged = judge_u(U, tok_u, args.market_dir, "test", args.eval_cvs, 50, args.lang, args.seed, autocast)
         table += "\n" + evaluation.judges_markdown(judged, "U as a judge of fit, test seekers")
     with atomic_dir(args.eval_out) as tmp:
         write_json(tmp / "eval.json", {"settings": settings, "rows": results, "examples": examples, "judges": judged,

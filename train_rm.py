@@ -30,16 +30,15 @@ import torch
 
 from girl import evaluation, market
 from girl.cli import (COUNT, COUNT0, NONNEGATIVE, POSITIVE, add_market_flags, add_training_flags, barrier, fail, finish,
-                      load_rows, log, optimizer_step, parser, resuming, save_at_eval, save_state, setup, start_training,
-                      training_args)
+                      judge_u, load_rows, log, optimizer_step, parser, resuming, save_at_eval, save_state, setup,
+                      start_training, training_args)
 from girl.files import CheckpointError, write_json
-from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, open_folder
 from girl.lm.hub import HubError
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import rm_loss
-from girl.reward import encode_triples, pair_scores, u_scores
+from girl.reward import encode_triples, pair_scores
 from girl.template import prompt_ids
 from girl.training import Progress, StopRequest, global_sum, lr_at, set_lr, step_indices
 
@@ -222,19 +221,6 @@ for step in range(state["step"], max_steps):
 train_seconds = time.time() - t_start
 
 # ----------------------------------------------------------------------------- final metrics
-
-def judges() -> dict:
-    """The best U beside the training-free lexical reference and the oracle, on the validation seekers: the
-    held-out triples that chose it, and real jobs of those seekers (their best job against a random one; the
-    --candidates jobs the lexical score retrieves, re-ranked). The test seekers' are generate.py --eval's."""
-    U = load_model(args.out, RewardModel, dtype=torch.float32, device=device)
-    lexical = TfIdf().fit(market.load_jobs(mdir)[0])
-    bench = market.judge_bench(mdir, "val", args.report_seekers, lexical.cosine_all, args.candidates, args.lang, args.seed)
-    scorers = {"U": lambda c, j: u_scores(U, tok, c, j, args.lang, autocast).numpy(), "lexical C→J": lexical.cosine,
-               "oracle f (ceiling)": bench.oracle}
-    return evaluation.judges_report(scorers, bench, [("U", "lexical C→J")], seed=args.seed)
-
-
 if rank == 0:
     metrics = {**state["best_eval"],
                **{f"initial_{k}": v for k, v in state["initial_eval"].items() if k.endswith(("eval_loss", "eval_accuracy"))},
@@ -248,8 +234,9 @@ if rank == 0:
         if rows:
             metrics[f"{prefix}oracle_accuracy"] = market.oracle_accuracy(rows, args.lang)
             metrics[f"{prefix}accuracy_vs_oracle"] = metrics[f"{prefix}eval_accuracy"] / metrics[f"{prefix}oracle_accuracy"]
-    if on_market and args.report_seekers:
-        metrics["judges"] = judges()
+    if on_market and args.report_seekers:  # the best U on the validation seekers (the test seekers': generate.py --eval)
+        metrics["judges"] = judge_u(load_model(args.out, RewardModel, dtype=torch.float32, device=device), tok, mdir,
+                                    "val", args.report_seekers, args.candidates, args.lang, args.seed, autocast)
     write_json(Path(args.out) / "metrics.json", metrics)
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if not isinstance(v, dict)}))
     if "judges" in metrics:

@@ -7,6 +7,7 @@ data a stage reads, the pieces of a supervised training loop, and how a script s
 """
 
 import argparse
+import contextlib
 import math
 import os
 import random
@@ -17,12 +18,14 @@ from typing import Callable
 
 import torch
 
-from girl import market
+from girl import evaluation, market
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError, lock_output, recover
+from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, load_optimizer, save_model
 from girl.lm.hub import HubError
 from girl.lm.tokenizer import Tokenizer
+from girl.reward import u_scores
 from girl.template import TEMPLATE, prompt_ids, template_overhead
 from girl.training import adamw, clip_grad_norm, leave, shard
 
@@ -380,3 +383,15 @@ def prompts_for(tok, config, cvs: list[str], names: list[str], lang: str, max_ne
                   file=sys.stderr)
         out.append(ids)
     return out
+
+
+def judge_u(U, tok_u, folder, part: str, n: int, candidates: int, lang: str, seed: int = 0,
+            autocast=contextlib.nullcontext) -> dict:
+    """U beside the training-free lexical score and the oracle on a held-out part of the market ("val" while
+    training, "test" for the final report): evaluation.judges_report on market.judge_bench's triples and real
+    jobs of its first n seekers, the candidates being the jobs the lexical score retrieves."""
+    lexical = TfIdf().fit(market.load_jobs(folder)[0])
+    bench = market.judge_bench(folder, part, n, lexical.cosine_all, candidates, lang, seed)
+    judges = {"U": lambda c, j: u_scores(U, tok_u, c, j, lang, autocast).numpy(), "lexical C→J": lexical.cosine,
+              "oracle f (ceiling)": bench.oracle}
+    return evaluation.judges_report(judges, bench, [("U", "lexical C→J")], seed=seed)

@@ -79,9 +79,9 @@ def judge_on_jobs(score, cvs: list[str], best: list[str], random: list[str], can
 def judges_report(judges: dict, bench, compare: list[tuple], k: int = 10, seed: int = 0) -> dict:
     """Judges of fit (name -> score(cvs, jds) -> [n]) on a bench of held-out seekers (girl.market.JudgeBench, or
     any object with its fields): "triples", the share of its (C, J+, J−) triples each orders right, with each
-    (a, b) of compare as a − b and its paired-bootstrap interval over CVs; "jobs", judge_on_jobs of each. A part
-    the bench has nothing for (no triples, no seekers) is None."""
-    out = {"triples": None, "jobs": None}
+    (a, b) of compare as a − b and its paired-bootstrap interval over CVs; "jobs", judge_on_jobs of each;
+    "judges", their names. A part the bench has nothing for (no triples, no seekers) is None."""
+    out = {"judges": list(judges), "triples": None, "jobs": None}
     if bench.triples:
         cvs = [r["cv"] for r in bench.triples]
         pos = {n: np.asarray(f(cvs, [r["jd_pos"] for r in bench.triples])) for n, f in judges.items()}
@@ -97,14 +97,13 @@ def judges_report(judges: dict, bench, compare: list[tuple], k: int = 10, seed: 
 def judges_markdown(report: dict, title: str, k: int = 10) -> str:
     """judges_report as a table: a row per judge, then each difference with its 95% interval over CVs."""
     t, j = report["triples"] or {}, report["jobs"] or {}
-    names = [n for n, v in {**t, **j}.items() if isinstance(v, dict) and not isinstance(v.get("accuracy"), dict)]
     cell = lambda d, key, n: f"{d[n][key]:.3f}" if n in d else "–"
     lines = [f"**{title}**: {t.get('n_triples', 0)} (C, J+, J−) triples of {t.get('n_cvs', 0)} CVs; real jobs of "
              f"{j.get('n_seekers', 0)} seekers (re-ranked: the {j.get('candidates', 0)} jobs the lexical score "
              "retrieves for each, graded by the oracle's f)", "",
              f"| judge | triples ordered right | best job above a random job | NDCG@{k} re-ranked |", "|---|---:|---:|---:|"]
     lines += [f"| {n} | {cell(t, 'accuracy', n)} | {cell(j, 'best_vs_random', n)} | {cell(j, f'ndcg@{k}', n)} |"
-              for n in dict.fromkeys(names)]
+              for n in report["judges"]]
     for name, d in t.items():
         if isinstance(d, dict) and isinstance(d.get("accuracy"), dict):
             a = d["accuracy"]
