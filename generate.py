@@ -30,7 +30,7 @@ from girl.lm.checkpoint import train_args
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.sampling import decoded, generate
 from girl.lm.tokenizer import Tokenizer
-from girl.recommend import cv_features, encode_all, jprime_features, load_matcher
+from girl.recommend import cv_features, encode_all, jprime_features, load_matcher, weights_digest
 from girl.reward import u_scores
 from girl.template import TEMPLATE
 
@@ -150,7 +150,7 @@ if args.eval:
 
 # ----------------------------------------------------------------------------- generate J′ for CVs
 
-M = None
+M, made_by = None, None  # M, and the G whose J′ it learned to read, when that G is the one used
 if args.recommend:
     if not Path(args.matcher, "matcher.json").is_file():
         fail(f"{args.matcher}: no matcher; run python train_rec.py first (or pass --matcher DIR)")
@@ -158,11 +158,21 @@ if args.recommend:
         M, tok_m, m_args = load_matcher(args.matcher, device), Tokenizer.from_pretrained(args.matcher), train_args(args.matcher)
     except CheckpointError as e:
         fail(str(e))
-    args.ckpt = args.ckpt or m_args.get("generator")  # M learned to read this G's J′
+    if args.ckpt is None:
+        made_by = args.ckpt = m_args.get("generator")
+        if made_by is None:
+            fail(f"{Path(args.matcher) / 'train_args.json'} does not name the G whose J′ M learned to read; "
+                 "train M again with python train_rec.py, or pass that G with --ckpt")
+    elif m_args.get("generator") not in (None, args.ckpt):
+        print(f"note: M learned to read the J′ of {m_args['generator']}; --ckpt {args.ckpt} writes them here",
+              file=sys.stderr)
     if not args.greedy and args.num_return == 1 and m_args.get("best_of", 1) == 1:
         args.greedy = True  # and greedy J′, as train_rec.py makes them
 ckpt = args.ckpt or newest_generator()
 G, tok = open_model(ckpt, Transformer, "G", device)
+if made_by and m_args.get("generator_sha256") not in (None, weights_digest(made_by)):
+    fail(f"{ckpt} is not the G M was trained with: its weights changed after train_rec.py read its J′; "
+         "train M again with python train_rec.py (or pass --ckpt to use this G anyway)")
 U, tok_u = open_model(args.rank_with, RewardModel, "U", device) if args.rank_with else (None, None)
 args.lang = args.lang or train_args(ckpt).get("lang") or "zh"
 

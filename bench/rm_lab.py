@@ -11,6 +11,10 @@ train_sft.py (it reads data/ and ckpt/sft):
     PYTHONPATH=. python bench/rm_lab.py --group 9 [--layers 3 | --scratch [--arch 4,128,4,2,384] | --emb fresh]
     PYTHONPATH=. python bench/rm_lab.py --samples --sample-cvs 1000 --random-jobs 2 --steps 520   # the default's data
     PYTHONPATH=. python bench/rm_lab.py --group 9 --steps 3000 --eval-every 250                   # more time
+    PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --pretext 300 [--pool mean]             # token membership first
+    PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --oracle-labels                         # no recruiter noise
+    python -c "from girl.market import build; build('/tmp/bigm', seekers=dict(sft=4000, rm=15000, ppo=600, test=400, val=400))"
+    PYTHONPATH=. python bench/rm_lab.py --market-dir /tmp/bigm --log --steps 2200 --eval-every 550  # 10x the log
 
 A lab script, not a stage: one thread, no checkpoint, a plain AdamW loop with train_rm.py's learning-rate schedule.
 """
@@ -30,7 +34,7 @@ from girl.lm.checkpoint import load_model
 from girl.lm.model import RewardModel
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import rm_loss
-from girl.reward import encode_triples, pair_scores, u_scores
+from girl.reward import encode_triples, pair_scores, u_input, u_scores
 from girl.template import prompt_ids
 from girl.training import adamw, lr_at, set_lr
 
@@ -54,15 +58,21 @@ p.add_argument("--scratch", action="store_true", help="U not started from G")
 p.add_argument("--emb", choices=["g", "fresh", "noise", "center"], default="g", help="U's token embeddings")
 p.add_argument("--arch", help="scratch U: layers,dim,heads,kv_heads,hidden")
 p.add_argument("--eval-every", type=int, default=0)
+p.add_argument("--pretext", type=int, default=0, help="steps of the pretext before L_rmt: which of J's tokens C holds")
+p.add_argument("--pretext-lr", type=float, default=1e-3)
+p.add_argument("--oracle-labels", action="store_true", help="a diagnostic: each training pair ordered by f, no recruiter noise")
+p.add_argument("--pool", choices=["last", "mean"], default="last",
+               help="a diagnostic: U's head on the mean of every position's state, not the last (not HF's reading)")
 p.add_argument("--theta", type=float, default=0, help="U's rope_theta (default: G's)")
 p.add_argument("--log-to", default="bench/results/rm-lab.jsonl", help="JSONL the result line is appended to")
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--tag", default="")
+p.add_argument("--market-dir", default="data", help="the market (G is ckpt/sft: same seed, same SFT seekers)")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(args.seed)
 t0 = time.time()
-lang, mdir = "zh", Path("data")
+lang, mdir = "zh", Path(args.market_dir)
 read = lambda name: [json.loads(line) for line in (mdir / name).read_text(encoding="utf-8").splitlines()]
 G, tok = load_model("ckpt/sft", dtype=torch.float32), Tokenizer.from_pretrained("ckpt/sft")
 jds, jobs = market.load_jobs(mdir)
@@ -132,7 +142,6 @@ for r in rm_train:
     rejected.setdefault(r["cv"], []).append(r["jd_neg"])
 groups = []
 if args.group:
-    from girl.reward import u_input
     for r in cvs:
         s = market.Seeker.from_json(r["seeker"])
         peers = [jd for cv, jd in accepted_in_field.get(s.field, []) if cv != r["cv"]]
@@ -151,6 +160,16 @@ if args.group:
         if pairs:
             groups.append(([u_input(tok, r["cv"], t, lang, 256)[0] for t in pool], pairs))
     print(f"{len(groups)} groups, {sum(len(g[1]) for g in groups)} pairs", flush=True)
+if args.oracle_labels:
+    relabelled, flipped = [], 0
+    for r in rows:
+        s_ = market.Seeker.from_json(r["seeker"])
+        a, b = (market.oracle_score(s_, r[k], lang) or 0.0 for k in ("jd_pos", "jd_neg"))
+        if a != b:
+            relabelled.append(r if a > b else {**r, "jd_pos": r["jd_neg"], "jd_neg": r["jd_pos"]})
+            flipped += a < b
+    print(f"oracle labels: {len(relabelled)} of {len(rows)} pairs kept, {flipped} flipped", flush=True)
+    rows = relabelled
 train, _ = encode_triples(tok, rows, lang, 256)
 print(f"{len(train)} training triples ({time.time() - t0:.0f}s)", flush=True)
 
@@ -168,6 +187,12 @@ if args.theta:
     U = RewardModel(_replace(U.config, rope_theta=args.theta))
     U.load_state_dict(_sd)
 print("U parameters", U.num_parameters(), flush=True)
+if args.pool == "mean":
+    def mean_pooled(self, input_ids, attention_mask=None, every_position=False):
+        h = self.backbone.hidden_states(input_ids, attention_mask)
+        m = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1)).squeeze(-1)
+    U.forward = mean_pooled.__get__(U)
 del G
 E = U.backbone.tok_emb.weight
 with torch.no_grad():
@@ -178,6 +203,37 @@ with torch.no_grad():
     elif args.emb == "center":
         E.sub_(E.mean(0))
 print("embedding std", E.std().item(), "norm", E.norm(dim=-1).mean().item(), flush=True)
+if args.pretext:
+    # U reads C against J: at each of J's positions, a probe says whether C holds that token (dense labels, free)
+    probe = torch.nn.Linear(U.config.dim, 1)
+    seqs = []
+    for r in rows if rows else rm_train:
+        n_prompt = len(prompt_ids(tok, r["cv"], lang, 256)[0])
+        for k in ("jd_pos", "jd_neg"):
+            ids = u_input(tok, r["cv"], r[k], lang, 256)[0]
+            cv_tokens = set(tok.encode(r["cv"]))
+            seqs.append((ids, n_prompt, [float(t in cv_tokens) for t in ids]))
+    print(f"pretext: {len(seqs)} sequences, {np.mean([np.mean(y[n:]) for _, n, y in seqs]):.3f} of J's tokens in C", flush=True)
+    popt = torch.optim.AdamW(list(U.parameters()) + list(probe.parameters()), lr=args.pretext_lr, weight_decay=0.1)
+    pr = random.Random(args.seed + 1)
+    for step in range(args.pretext):
+        for gr in popt.param_groups:
+            gr["lr"] = lr_at(step, args.pretext, args.pretext_lr, 30)
+        batch = pr.sample(seqs, 32)
+        T = max(len(x) for x, _, _ in batch)
+        ids = torch.tensor([x + [tok.pad_or_eos_id] * (T - len(x)) for x, _, _ in batch])
+        mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x, _, _ in batch])
+        y = torch.tensor([yy + [0.0] * (T - len(yy)) for _, _, yy in batch])
+        w = torch.tensor([[0.0] * n + [1.0] * (len(x) - n - 1) + [0.0] * (T - len(x) + 1) for x, n, _ in batch])
+        logit = probe(U.backbone.hidden_states(ids, mask)).squeeze(-1)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y, weight=w, reduction="sum") / w.sum()
+        popt.zero_grad()
+        bce.backward()
+        torch.nn.utils.clip_grad_norm_(U.parameters(), 1.0)
+        popt.step()
+        if step % 50 == 0 or step == args.pretext - 1:
+            acc = (((logit > 0).float() == y).float() * w).sum() / w.sum()
+            print(f"pretext {step} bce {bce.item():.4f} acc {acc.item():.3f}", flush=True)
 opt = adamw(U, args.lr, 0.1)
 g = torch.Generator().manual_seed(args.seed)
 order = torch.randperm(len(train), generator=g).tolist()

@@ -33,8 +33,8 @@ class DataError(ValueError):
     """Bad input data; the message names the file, the line and the field."""
 
 
-def read_jsonl(path, schema: str) -> list[dict]:
-    """Every row of a JSONL file, checked against SCHEMAS[schema]."""
+def read_jsonl(path, schema: str, line_numbers: bool = False) -> list:
+    """Every row of a JSONL file, checked against SCHEMAS[schema]; with line_numbers, (line, row) pairs."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -63,10 +63,26 @@ def read_jsonl(path, schema: str) -> list[dict]:
                     raise DataError(f"{path}:{n}: field {field!r} is missing")
                 if not isinstance(value, str) or not value.strip():
                     raise DataError(f"{path}:{n}: field {field!r} is empty or not a string")
-        rows.append(row)
+        rows.append((n, row) if line_numbers else row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
+
+
+def id_table(path, schema: str) -> dict[str, str]:
+    """{id: text} of a cvs or jds table. An id is a person or a job: one given to two different texts would
+    merge two people's applications, so it is refused (the same row written twice is kept once). Ids are
+    compared as strings, as the log's cv_id and jd_id are: 7 and "7" are one id."""
+    field = SCHEMAS[schema][1]
+    table, line_of = {}, {}
+    for n, row in read_jsonl(path, schema, line_numbers=True):
+        key = str(row["id"])
+        if key in table and table[key] != row[field]:
+            raise DataError(f"{path}:{n}: id {key!r} is already line {line_of[key]}'s, with another {field!r}; "
+                            f"give each {field.upper()} an id of its own")
+        table.setdefault(key, row[field])
+        line_of.setdefault(key, n)
+    return table
 
 
 def sft_example(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[dict, bool, bool]:
@@ -140,10 +156,9 @@ def build_from_log(cvs_path, jds_path, log_path, out_dir, seed: int = 0, fractio
     split separately, each by the same fractions: every part gets its share of both.
     Returns the rows of each file and the accepted applications of each part ("positives").
     """
-    cvs = {str(r["id"]): r["cv"] for r in read_jsonl(cvs_path, "cvs")}
-    jds = {str(r["id"]): r["jd"] for r in read_jsonl(jds_path, "jds")}
+    cvs, jds = id_table(cvs_path, "cvs"), id_table(jds_path, "jds")
     by_cv: dict[str, list] = {}
-    for n, row in enumerate(read_jsonl(log_path, "log"), start=1):
+    for n, row in read_jsonl(log_path, "log", line_numbers=True):
         cv_id, jd_id = str(row["cv_id"]), str(row["jd_id"])
         for table, key, path in ((cvs, cv_id, cvs_path), (jds, jd_id, jds_path)):
             if key not in table:

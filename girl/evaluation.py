@@ -23,7 +23,7 @@ from girl import ranking
 from girl.data import IGNORE, collate
 from girl.lm.sampling import decoded, generate, response_logprobs, rollout
 from girl.losses import rm_loss, sft_loss
-from girl.reward import pair_scores, u_scores
+from girl.reward import best_of_n, pair_scores, u_scores
 
 
 @torch.no_grad()
@@ -231,7 +231,7 @@ def table(systems: list[tuple], U, tok_u, tok, cvs: list[str], prompts: list[lis
     t0, N = time.time(), best_of
     s = sampled(systems[0][1], None, N)
     u_all = scored(s.texts, N)
-    pick = [i * N + max(range(N), key=lambda k: u_all[i * N + k]) for i in range(len(cvs))]
+    pick = best_of_n(u_all, N)
     rows.append(measure(f"best-of-{N} on {systems[0][0]}, ranked by U", [s.texts[i] for i in pick],
                         [s.tokens[i] for i in pick], [u_all[i] for i in pick], math.log(N) - (N - 1) / N, t0))
     written[f"best-of-{N}"] = ([s.texts[i] for i in pick], [u_all[i] for i in pick])

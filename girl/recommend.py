@@ -52,9 +52,10 @@ from girl.data import right_pad
 from girl.evaluation import greedy_jds, sample_jds
 from girl.files import CheckpointError, read_json, write_jsonl
 from girl.lexical import TfIdf
+from girl.lm import hub
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Transformer
-from girl.reward import u_scores
+from girl.reward import best_of_n, u_scores
 from girl.template import prompt_ids
 
 SEEKER, JOB = 0, 1  # which of a token's two weights counts: as a seeker's text (C), as a job's (J, and J′)
@@ -312,15 +313,28 @@ def load_matcher(folder, device=None) -> Matcher:
 
 
 def weights_digest(folder) -> str:
-    """sha256 of a model folder's weight files: what makes two generators the same generator."""
+    """sha256 of a model's weight files (a local folder, or a hub id's cached files): what makes two generators
+    the same generator."""
     h = hashlib.sha256()
-    for f in sorted(Path(folder).glob("model*.safetensors")):
+    for f in sorted(hub.resolve(folder).glob("model*.safetensors")):
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def jprime_settings(lang: str, max_new_tokens: int, best_of: int = 1, temperature: float = 0.7, seed: int = 0,
+                    u_folder=None) -> dict:
+    """What a CV's J′ depends on besides G's weights: JPrimeCache's settings. Greedy J′ (best_of 1) depend on the
+    language and the length; the best of N sampled J′ also on the temperature, the seed and U's weights (U picks)."""
+    settings = {"best_of": best_of, "max_new_tokens": max_new_tokens, "lang": lang}
+    if best_of > 1:
+        if u_folder is None:
+            raise ValueError("best_of > 1: U chooses among the samples, so its folder is part of the key")
+        settings |= {"temperature": temperature, "u": weights_digest(u_folder), "seed": seed}
+    return settings
 
 
 class JPrimeCache:
@@ -370,9 +384,8 @@ def make_jprimes(cache: JPrimeCache, G, tok, cvs: list[str], lang: str, max_cv_t
             g = torch.Generator(device=next(G.parameters()).device).manual_seed(seed + i)
             s = sample_jds(G, tok, [p for p in prompts for _ in range(best_of)], max_new_tokens, temperature, g,
                            autocast=autocast)
-            u = u_scores(U, tok_u, [c for c in part for _ in range(best_of)], s.texts, lang,
-                         autocast).view(len(part), best_of)
-            texts = [s.texts[k * best_of + b] for k, b in enumerate(u.argmax(1).tolist())]
+            u = u_scores(U, tok_u, [c for c in part for _ in range(best_of)], s.texts, lang, autocast)
+            texts = [s.texts[k] for k in best_of_n(u, best_of)]
         cache.add(part, texts)
         if log:
             log(f"J′ {min(i + chunk, len(todo))}/{len(todo)}")

@@ -7,6 +7,7 @@ at that EOS (girl/lm/model.py's RewardModel).
     u = token_scores(U, prompts, responses, eos_id, pad_id)  # U(C, J′) of G's own tokens (same tokenizer)
     triples, cut = encode_triples(tok, rows, lang, max_len)
     r_pos, r_neg = pair_scores(U, triples, pad_id)         # U(C, J+), U(C, J−) in one forward pass
+    picked = best_of_n(u, n)                               # best-of-N: the sample U scores highest, per CV
 """
 
 import contextlib
@@ -67,3 +68,10 @@ def token_scores(U, prompts: list[list[int]], responses: list[list[int]], eos_id
     """
     seqs = [p + r + [eos_id] for p, r in zip(prompts, responses, strict=True)]
     return torch.cat([scores_of(U, seqs[i : i + batch_size], pad_id, autocast) for i in range(0, len(seqs), batch_size)])
+
+
+def best_of_n(u, n: int) -> list[int]:
+    """Best-of-N: u holds U's scores of n samples per CV, CV after CV; the index into u of each CV's highest-scored
+    sample (the first of equal ones)."""
+    u = torch.as_tensor(u).view(-1, n)
+    return (torch.arange(len(u)) * n + u.argmax(1)).tolist()

@@ -217,7 +217,6 @@ def test_a_config_whose_heads_do_not_divide_the_width_is_refused(g_folder, tmp_p
 
 
 def test_non_finite_weights_are_refused_naming_the_file_and_tensor(g_folder, tmp_path):
-    import torch
     from safetensors.torch import load_file, save_file
     from girl.files import CheckpointError
     from girl.lm.checkpoint import load_model
@@ -229,6 +228,29 @@ def test_non_finite_weights_are_refused_naming_the_file_and_tensor(g_folder, tmp
     with pytest.raises(CheckpointError, match=rf"{folder / 'model.safetensors'}: tensor model.layers.1.mlp.up_proj.weight "
                                               "holds nan or inf values"):
         load_model(folder)
+
+
+def test_the_tokenizer_of_another_model_beside_the_weights_is_refused(g_folder, tmp_path):
+    """Another tokenizer with the same special tokens and fewer ids fits the embedding table, so only the
+    vocabulary save_model records in config.json tells it apart; a folder without that record (as transformers
+    writes them) keeps loading with the tokenizer beside it."""
+    from girl.files import CheckpointError
+    from girl.lm.tokenizer import Tokenizer
+    folder = tmp_path / "g"
+    shutil.copytree(g_folder, folder)
+    own = Tokenizer.from_pretrained(folder)
+    foreign = Tokenizer.train(["Role: Nurse\nCity: Lyon", "Skills: triage"], 280)
+    assert foreign.vocab_size < own.vocab_size and foreign.eos_token == own.eos_token
+    foreign.save_pretrained(folder)
+    r = run("generate.py", "--ckpt", folder, "--cv", "Name: A", "--max-new-tokens", "4")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert f"error: {folder / 'tokenizer.json'}: not the tokenizer the weights beside it were trained with" in r.stderr
+    with pytest.raises(CheckpointError, match="put back the tokenizer.json saved with the weights"):
+        Tokenizer.from_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("girl_tokenizer_vocab") == own.vocab_digest
+    (folder / "config.json").write_text(json.dumps(config))  # as transformers writes it: no record, nothing to check
+    assert Tokenizer.from_pretrained(folder).vocab_digest == foreign.vocab_digest
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])

@@ -15,6 +15,7 @@ import torch
 from girl import market, ranking
 from girl.cli import prompts_for
 from girl.data import right_pad, sft_example
+from girl.evaluation import sample_jds
 from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Config, RewardModel, Transformer
@@ -150,6 +151,9 @@ def bad_tokenizer(world, tmp_path):
     shutil.copytree(world / "ckpt" / "sft", folder)
     shutil.copy(ROOT / "tests" / "fixtures" / "gpt2-tokenizer" / "tokenizer.json", folder)  # 50,257 ids; G has 400
     (folder / "tokenizer_config.json").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    del config["girl_tokenizer_vocab"]  # a folder from elsewhere: no record of G's vocabulary, so the sizes must tell
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
@@ -205,6 +209,11 @@ def test_eval_table(world, tmp_path):
         assert rows[f"{name}, greedy"]["oracle"] == pytest.approx(
             sum(market.oracle_score(s, t, "en") or 0.0 for s, t in zip(seekers, texts)) / 8, rel=1e-12), name
     assert greedy["SFT"] != greedy["PPO"]  # so that the rows tell the two models apart
+    # best-of-3: three J′ per CV sampled from SFT at T = 0.7 from --seed 0, and the one U scores highest
+    s = sample_jds(sft, tok, [p for p in prompts for _ in range(3)], 12, 0.7, torch.Generator().manual_seed(0))
+    u = u_scores(U, tok, [c for c in cvs for _ in range(3)], s.texts, "en").view(8, 3)
+    assert rows["best-of-3 on SFT, ranked by U"]["u_score"] == pytest.approx(u.max(1).values.mean().item(), rel=1e-6)
+    assert u.max(1).values.mean() > u[:, 0].mean()  # so that keeping the first sample would differ
     batch = rollout(ppo, prompts, 12, tok.eos_id, tok.pad_or_eos_id, 0.7, torch.Generator().manual_seed(0))
     with torch.no_grad():
         logp = response_logprobs(ppo, batch.ids, batch.attention_mask, batch.prompt_len, 0.7)[0]

@@ -32,6 +32,7 @@ class Hub:
         self.status: dict[str, int] = {}  # file name -> an error status to answer instead
         self.html: set[str] = set()  # file names answered by a 200 HTML page (a login or proxy page)
         self.headers: dict[str, dict] = {}  # file name -> extra headers (what the hub announces)
+        self.ignore_range: set[str] = set()  # file names served whole with 200 even when a Range is asked for
         self.seen: list[str] = []  # every path asked for
         hub = self
 
@@ -59,7 +60,7 @@ class Hub:
                     return self.send_error(404)
                 data = (folder / m.group(2)).read_bytes()
                 start, status = 0, 200
-                if r := self.headers.get("Range"):
+                if (r := self.headers.get("Range")) and m.group(2) not in hub.ignore_range:
                     start, status = int(re.fullmatch(r"bytes=(\d+)-", r).group(1)), 206
                     if start >= len(data):
                         hub.log.append((self.path, r, 0))
@@ -140,6 +141,22 @@ def test_interrupted_download_resumes(hub, tmp_path):
     assert first[1] is None and second[1] == "bytes=30000-"  # the second asked only for the rest...
     assert second[2] == size - 30_000  # ...and got only the rest
     assert not part.exists()
+    assert torch.equal(logits(model), logits(load_model(FIXTURES / "tiny-qwen2")))
+
+
+def test_a_server_that_ignores_range_sends_the_whole_file_again(hub, tmp_path):
+    """A mirror or proxy may answer a Range request with 200 and the whole file: the .part is started over,
+    never appended to (that would give the first bytes twice)."""
+    whole = (FIXTURES / "tiny-qwen2" / "model.safetensors").read_bytes()
+    hub.cut_after["model.safetensors"] = 30_000
+    with pytest.raises(HubError, match="run again to resume"):
+        load_model("tiny-org/tiny-qwen2")
+    hub.ignore_range.add("model.safetensors")
+    model = load_model("tiny-org/tiny-qwen2")
+    _, second = hub.requests("model.safetensors")
+    assert second[1] == "bytes=30000-" and second[2] == len(whole)  # asked for the rest, was sent everything
+    cached = tmp_path / "cache" / "hub" / "tiny-org--tiny-qwen2" / "main" / "model.safetensors"
+    assert cached.read_bytes() == whole
     assert torch.equal(logits(model), logits(load_model(FIXTURES / "tiny-qwen2")))
 
 

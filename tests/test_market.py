@@ -48,6 +48,14 @@ def test_compatibility_terms():
     assert compatibility(Seeker(**{**s.__dict__, "years": 10}), job) == pytest.approx(1 - 0.2 * 0.5)
     # expectation 15 above the range's top 12 by 25%: salary fit 1 - 3·0.25
     assert compatibility(s, {**job, "salary": (8, 12)}) == pytest.approx(1 - 0.15 * 0.75)
+    # expectation 15 below the range's bottom 18 by 1/6: salary fit 1 - 2·(1/6)
+    assert compatibility(s, {**job, "salary": (18, 24)}) == pytest.approx(1 - 0.15 * (2 / 6))
+    # under-qualified by 1 year: experience 1 - 1/2
+    assert compatibility(s, {**job, "min_exp": 4}) == pytest.approx(1 - 0.2 * 0.5)
+    # education: one level short gets 0.4 of the term, two levels short none, above the requirement all of it
+    assert compatibility(s, {**job, "edu": 2}) == pytest.approx(1 - 0.1 * 0.6)
+    assert compatibility(s, {**job, "edu": 3}) == pytest.approx(1 - 0.1)
+    assert compatibility(s, {**job, "edu": 0}) == pytest.approx(1.0)
 
 
 def test_recruiter_comparisons_follow_the_fit_gap():

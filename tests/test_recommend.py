@@ -1,6 +1,7 @@
 """Stage 4: the recommender's metrics against hand-computed values, the paired bootstrap on cases with a known
 answer, the matcher M and its baseline M0, the J′ cache, and train_rec.py as a user runs it."""
 
+import argparse
 import json
 import math
 import os
@@ -19,12 +20,15 @@ from safetensors.torch import save
 from girl import ranking
 from girl.data import DataError, read_jsonl
 from girl.files import CheckpointError
-from girl.lm.model import Config, Transformer
+from girl.lm.model import Config, RewardModel, Transformer
 from girl.losses import match_loss
 from girl.lexical import TfIdf
-from girl.recommend import (BIAS_INIT, LEX_INIT, SIM_INIT, SIM_SCALE, JPrimeCache, Matcher, Tokens, encode_all,
-                            cv_features, interaction_logits, jprime_features, late_interaction, load_matcher, make_jprimes,
-                            save_matcher, texts_to_batch, warm_split)
+from girl.evaluation import sample_jds
+from girl.recommend import (BIAS_INIT, LEX_INIT, SIM_INIT, SIM_SCALE, JPrimeCache, Matcher, Tokens, cv_features,
+                            encode_all, interaction_logits, jprime_features, jprime_settings, late_interaction,
+                            load_matcher, make_jprimes, save_matcher, texts_to_batch, warm_split, weights_digest)
+from girl.reward import u_scores
+from girl.template import prompt_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +55,8 @@ def test_gauc_averages_seekers_with_both_labels():
     tied = ([0.5, 0.5, 0.2], [1, 0, 0], ["e", "e", "e"])
     assert ranking.gauc(scores + tied[0], labels + tied[1], groups + tied[2]) == pytest.approx((1 + 0 + 0 + 0.75) / 4,
                                                                                                abs=1e-12)
+    # equal scores of two seekers are no tie: f's top (0.3) equals g's bottom, and both order their jobs right
+    assert ranking.gauc([0.3, 0.1, 0.3, 0.8], [1, 0, 0, 1], ["f", "f", "g", "g"]) == 1.0
 
 
 def test_log_loss():
@@ -338,6 +344,54 @@ def test_jprime_cache_is_used_when_valid_and_rebuilt_when_g_changes(tmp_path):
     assert changed.path != cache.path and changed.missing(["cv one", "cv two"]) == ["cv one", "cv two"]
 
 
+def test_best_of_n_jprimes_are_the_samples_u_scores_highest(tmp_path):
+    """make_jprimes with best_of 3, in chunks of 2 CVs: each chunk's samples redrawn here from its seed (seed +
+    the chunk's start), and each CV's J′ is the one of its three that U scores highest."""
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    c = Config(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=512,
+               eos_token_id=tok.eos_id)
+    G, U = Transformer(c).eval(), RewardModel(c).eval()
+    cvs = ["cv one", "cv two", "cv three"]
+    cache = JPrimeCache(tmp_path / "cache", tmp_path, {"best_of": 3})
+    make_jprimes(cache, G, tok, cvs, "en", 32, max_new_tokens=6, best_of=3, temperature=1.0, U=U, tok_u=tok, seed=5,
+                 chunk=2)
+    chose_other_than_first = False
+    for start in (0, 2):
+        part = cvs[start : start + 2]
+        prompts = [prompt_ids(tok, cv, "en", 32)[0] for cv in part for _ in range(3)]
+        s = sample_jds(G, tok, prompts, 6, 1.0, torch.Generator().manual_seed(5 + start))
+        u = u_scores(U, tok, [cv for cv in part for _ in range(3)], s.texts, "en").view(-1, 3)
+        for k, cv in enumerate(part):
+            samples = s.texts[3 * k : 3 * k + 3]
+            assert len(set(samples)) == 3  # three different J′, so that the choice matters
+            assert cache[cv] == samples[int(u[k].argmax())] and u[k].max() > u[k].min()
+            chose_other_than_first |= cache[cv] != samples[0]
+    assert chose_other_than_first
+
+
+def test_the_jprime_key_of_the_best_of_n_holds_u_and_the_sampling(tmp_path):
+    """The best of N J′ is U's choice among samples: another U (weights, not folder), seed or temperature is
+    another cache file; greedy J′ do not depend on U."""
+    from girl.lm.checkpoint import save_model
+    tok = tiny_tokenizer()
+    G = Transformer(Config(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                           max_seq_len=512, eos_token_id=tok.eos_id))
+    save_model(tmp_path / "g", G, tok)
+    for name, seed in (("u", 0), ("u-copy", 0), ("u-other", 1)):
+        torch.manual_seed(seed)
+        save_model(tmp_path / name, RewardModel(G.config), tok)
+    path = lambda **kw: JPrimeCache(tmp_path / "cache", tmp_path / "g", jprime_settings("en", 8, **kw)).path
+    base = path(best_of=4, u_folder=tmp_path / "u")
+    assert path(best_of=4, u_folder=tmp_path / "u-copy") == base  # the same weights in another folder
+    others = [path(best_of=4, u_folder=tmp_path / "u-other"), path(best_of=4, u_folder=tmp_path / "u", seed=1),
+              path(best_of=4, u_folder=tmp_path / "u", temperature=1.0), path(best_of=2, u_folder=tmp_path / "u")]
+    assert len({base, *others}) == 5
+    assert path(best_of=1, u_folder=tmp_path / "u") == path(best_of=1, u_folder=tmp_path / "u-other") == path()
+    with pytest.raises(ValueError, match="U chooses among the samples"):
+        jprime_settings("en", 8, best_of=4)
+
+
 # ----------------------------------------------------------------------------- train_rec.py
 
 def run(*args, check=True):
@@ -558,6 +612,38 @@ def test_generate_refuses_a_matcher_of_an_older_train_rec(trained, tmp_path):
             "--example", "1", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"error: {tmp_path / 'm' / 'matcher.json'}: a matcher whose token matches" in r.stderr and "train it again" in r.stderr
+
+
+def test_generate_feeds_m_the_j_prime_of_its_own_g(trained, tmp_path):
+    """M learned to read one G's J′: generate.py --recommend uses that G (train_args.json names it, with the sha256
+    of its weights), refuses a matcher that does not name it, and refuses that G once it was trained again."""
+    d, _ = trained
+    recorded = json.loads((d / "rec" / "m" / "train_args.json").read_text())
+    assert recorded["generator"] == str(d / "sft") and recorded["generator_sha256"] == weights_digest(d / "sft")
+    shutil.copytree(d / "rec" / "m", tmp_path / "m")
+    shutil.copytree(d / "sft", tmp_path / "g")
+    recommend = lambda *extra: run(ROOT / "generate.py", "--recommend", "3", "--matcher", tmp_path / "m", "--market-dir",
+                                   d / "data", "--example", "1", "--json", *extra, check=False)
+    rewrite = lambda **kw: (tmp_path / "m" / "train_args.json").write_text(json.dumps({**recorded, **kw}))
+    rewrite(generator=str(tmp_path / "g"))
+    r = recommend()
+    assert r.returncode == 0 and json.loads(r.stdout)["jobs"], r.stderr
+    from girl.lm.checkpoint import load_model, save_model
+    from girl.lm.tokenizer import Tokenizer
+    G = load_model(tmp_path / "g")
+    with torch.no_grad():
+        G.layers[0].mlp.up.weight.mul_(1.01)
+    save_model(tmp_path / "g", G, Tokenizer.from_pretrained(tmp_path / "g"), argparse.Namespace(lang="en"))
+    r = recommend()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert f"error: {tmp_path / 'g'} is not the G M was trained with" in r.stderr and "train M again" in r.stderr
+    r = recommend("--ckpt", tmp_path / "g")  # the user's choice: used, with a word that it is not M's own G
+    assert r.returncode == 0 and json.loads(r.stdout)["jobs"] and "note: M learned to read the J′ of" not in r.stderr
+    r = recommend("--ckpt", d / "sft")
+    assert r.returncode == 0 and f"note: M learned to read the J′ of {tmp_path / 'g'}" in r.stderr
+    rewrite(generator=None)
+    r = recommend()
+    assert r.returncode == 2 and "does not name the G whose J′ M learned to read" in r.stderr
 
 
 def test_train_rec_on_a_real_shaped_log(tmp_path):

@@ -16,7 +16,7 @@ from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Config, RewardModel, last_token_index
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import rm_loss
-from girl.reward import token_scores, u_scores
+from girl.reward import best_of_n, token_scores, u_scores
 from girl.template import prompt_ids
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -35,6 +35,12 @@ def test_rm_loss_by_hand():
     assert rm_loss(r_pos, r_neg, margin=0.5).item() == pytest.approx(margin, rel=1e-6)
     centering = 0.1 * (3.0**2 + (-1.0) ** 2 + 1.0**2) / 3
     assert rm_loss(r_pos, r_neg, center_coef=0.1).item() == pytest.approx(paper + centering, rel=1e-6)
+
+
+def test_best_of_n_by_hand():
+    u = [0.1, 0.9, 0.3, 2.0, -1.0, 2.0, -5.0, -4.0, -6.0]  # three CVs, three samples each; CV 1's best is tied
+    assert best_of_n(u, 3) == [1, 3, 7] == best_of_n(torch.tensor(u), 3)
+    assert best_of_n(u, 1) == list(range(9))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -187,3 +187,24 @@ def test_build_from_interaction_log_gives_every_part_accepted_applications(tmp_p
     (tmp_path / "log.jsonl").write_text('{"cv_id": "c0", "jd_id": 0, "label": 1}\n{"cv_id": 99, "jd_id": 0, "label": 0}\n')
     with pytest.raises(DataError, match=r"log.jsonl:2: id '99' is not in .*cvs.jsonl"):
         build_from_log(tmp_path / "cvs.jsonl", tmp_path / "jds.jsonl", tmp_path / "log.jsonl", tmp_path / "out")
+
+
+def test_build_refuses_one_id_for_two_people_and_names_log_lines_past_blank_ones(tmp_path):
+    real_log(tmp_path, n_cvs=20, n_jds=10, per_cv=3)
+    paths = [tmp_path / f"{name}.jsonl" for name in ("cvs", "jds", "log")]
+    cvs = paths[0].read_text()
+    paths[0].write_text(cvs + '{"id": "c1", "cv": "someone else"}\n')  # line 21: c1 is line 2's person
+    with pytest.raises(DataError, match=r"cvs.jsonl:21: id 'c1' is already line 2's, with another 'cv'"):
+        build_from_log(*paths, tmp_path / "out")
+    paths[0].write_text(cvs)
+    counts = build_from_log(*paths, tmp_path / "out")
+    paths[0].write_text(cvs + '{"id": "c1", "cv": "cv 1"}\n')  # the same row twice is one person: kept once
+    assert build_from_log(*paths, tmp_path / "out") == counts
+    jds = paths[1].read_text()
+    paths[1].write_text(jds + '{"id": "3", "jd": "another job"}\n')  # jd id 3 (an integer) and "3" are one id
+    with pytest.raises(DataError, match=r"jds.jsonl:11: id '3' is already line 4's, with another 'jd'"):
+        build_from_log(*paths, tmp_path / "out")
+    paths[1].write_text(jds)
+    paths[2].write_text('{"cv_id": "c0", "jd_id": 0, "label": 1}\n\n{"cv_id": "c0", "jd_id": 77, "label": 0}\n')
+    with pytest.raises(DataError, match=r"log.jsonl:3: id '77' is not in"):  # the line as an editor counts it
+        build_from_log(*paths, tmp_path / "out")

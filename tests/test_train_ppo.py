@@ -3,7 +3,6 @@ run ends exactly where an uninterrupted one does, and the errors a user can meet
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from girl.lm.checkpoint import load_model
+from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import RewardModel
 from girl.lm.sampling import decoded, generate
 from girl.lm.tokenizer import Tokenizer
@@ -106,6 +105,25 @@ def test_resumed_run_equals_uninterrupted_run(init, uninterrupted, tmp_path):
     assert_same_end(uninterrupted, tmp_path / "b")
 
 
+def test_k3_and_the_adaptive_beta_are_used_and_resumed(init, uninterrupted, tmp_path):
+    """--kl-estimator k3 reaches the update (iteration 2 measures another KL than k1's from the same rollouts:
+    iteration 1 is the same for both, since the actor is still the reference), and the adaptive β a run
+    reached is the one --resume goes on with: otherwise the rewards of iteration 3, and so its actor, differ."""
+    flags = ("--kl-estimator", "k3", "--kl-target", "0.01", "--kl-horizon", "50")
+    ppo(init, tmp_path / "a", "--iterations", "3", *flags)
+    ppo(init, tmp_path / "b", "--iterations", "2", "--save-every", "1", *flags)
+    ppo(init, tmp_path / "b", "--iterations", "3", "--resume", *flags)
+    assert_same_end(tmp_path / "a", tmp_path / "b")
+    read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    k3, k1 = read(tmp_path / "a"), read(uninterrupted)
+    assert k3[0]["kl"] == k1[0]["kl"] == 0.0 and k3[1]["kl"] != k1[1]["kl"] and k3[1]["kl"] >= 0  # k3 >= 0 per token
+    betas = [line["kl_coef"] for line in k3]
+    assert betas[0] == 0.05 and len(set(betas)) == 3  # β moved at every iteration (KL 0 < target: down by 0.2·4/50)
+    assert betas[1] == pytest.approx(0.05 * (1 - 0.2 * 4 / 50), rel=1e-12)
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["final_kl_coef"] == \
+        json.loads((tmp_path / "a" / "metrics.json").read_text())["final_kl_coef"]
+
+
 def test_sigterm_saves_the_iteration_and_resume_goes_on_exactly(init, uninterrupted, tmp_path):
     """SIGTERM just after iteration 1's progress line, with --save-every 10: the iteration in progress is finished
     and saved (actor, critic, optimizers, metrics line), the run exits 143, and --resume ends where the
@@ -133,8 +151,8 @@ def test_errors_a_user_can_meet(init, tmp_path):
     assert r.returncode == 2 and "run python train_sft.py first" in r.stderr
     # a U whose tokenizer is not G's: the critic could not read G's tokens
     other = tmp_path / "rm-other"
-    shutil.copytree(init / "ckpt" / "rm", other)
-    Tokenizer.train(["a tokenizer trained on other text", "has other merges"], 300).save_pretrained(other)
+    save_model(other, load_model(init / "ckpt" / "rm", RewardModel),
+               Tokenizer.train(["a tokenizer trained on other text", "has other merges"], 300))
     r = ppo(init, tmp_path / "o", "--rm", other, check=False)
     assert r.returncode == 2 and "another tokenizer" in r.stderr
     for flag, value, message in (("--gamma", "1.5", "must be finite and >= 0 and <= 1, got 1.5"),

@@ -24,6 +24,7 @@ from girl.files import CheckpointError, atomic_dir, plain_file_name, read_json, 
 from girl.lm import hub
 from girl.lm.hf import config_from_hf, config_to_hf, hf_layout, hf_name, ignorable, to_hf
 from girl.lm.model import Config, RewardModel, Transformer
+from girl.lm.tokenizer import VOCAB_KEY
 
 __all__ = ["CheckpointError", "load_model", "load_optimizer", "open_folder", "save_model", "train_args"]
 
@@ -188,7 +189,8 @@ def save_model(folder, model, tokenizer=None, args=None, metrics: dict | None = 
         score_head = isinstance(model, RewardModel)
         dtype = next(model.parameters()).dtype
         save_file(to_hf(weights, model.config, score_head), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        write_json(tmp / "config.json", config_to_hf(model.config, dtype, score_head))
+        vocab = {VOCAB_KEY: tokenizer.vocab_digest} if tokenizer is not None else {}  # which tokenizer the rows are of
+        write_json(tmp / "config.json", config_to_hf(model.config, dtype, score_head) | vocab)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if args is not None:

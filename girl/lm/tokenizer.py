@@ -4,6 +4,8 @@ Special tokens are never added behind the caller's back: `encode` returns the te
 the prompt template decides where BOS and EOS go, the same way for every family.
 """
 
+import hashlib
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -19,6 +21,7 @@ def _token_text(value):
 
 
 SPECIAL = {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"}
+VOCAB_KEY = "girl_tokenizer_vocab"  # config.json: the vocabulary the model's embedding rows were trained on (save_model)
 
 
 class Tokenizer:
@@ -60,14 +63,21 @@ class Tokenizer:
             cfg = read_json(config)
             special = {k: _token_text(cfg.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
         model_config = folder / "config.json"
-        if model_config.is_file():  # e.g. gpt2 names its special tokens only by id, in config.json
-            ids = read_json(model_config)
-            for k in ("bos", "eos", "pad"):
-                i = ids.get(f"{k}_token_id")
-                i = i[0] if isinstance(i, list) and i else i
-                if special.get(k) is None and isinstance(i, int):
-                    special[k] = tk.id_to_token(i)
-        return cls(tk, special.get("bos"), special.get("eos"), special.get("pad"), source=str(path))
+        ids = read_json(model_config) if model_config.is_file() else {}
+        ids = ids if isinstance(ids, dict) else {}  # a config.json that is no object: load_model says so
+        for k in ("bos", "eos", "pad"):  # e.g. gpt2 names its special tokens only by id, in config.json
+            i = ids.get(f"{k}_token_id")
+            i = i[0] if isinstance(i, list) and i else i
+            if special.get(k) is None and isinstance(i, int):
+                special[k] = tk.id_to_token(i)
+        tok = cls(tk, special.get("bos"), special.get("eos"), special.get("pad"), source=str(path))
+        recorded = ids.get(VOCAB_KEY)
+        if recorded is not None and recorded != tok.vocab_digest:
+            raise CheckpointError(
+                f"{path}: not the tokenizer the weights beside it were trained with (config.json records "
+                f"vocabulary {recorded[:12]}, this tokenizer.json has {tok.vocab_digest[:12]}): its ids would index "
+                "the wrong embedding rows; put back the tokenizer.json saved with the weights")
+        return tok
 
     def save_pretrained(self, out_dir):
         """tokenizer.json + tokenizer_config.json, which transformers' AutoTokenizer also reads."""
@@ -105,6 +115,13 @@ class Tokenizer:
     def same_as(self, other: "Tokenizer") -> bool:
         """Whether both turn text into the same ids: then one model can read the other's tokens."""
         return self.tk.get_vocab(with_added_tokens=True) == other.tk.get_vocab(with_added_tokens=True)
+
+    @property
+    def vocab_digest(self) -> str:
+        """sha256 of the token -> id table (special tokens included): which token each embedding row stands for.
+        save_model records it in config.json, and from_pretrained checks the tokenizer beside it."""
+        vocab = sorted(self.tk.get_vocab(with_added_tokens=True).items())
+        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
 
     @property
     def vocab_size(self) -> int:
