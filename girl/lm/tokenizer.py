@@ -121,7 +121,7 @@ class Tokenizer:
         """sha256 of the token -> id table (special tokens included): which token each embedding row stands for.
         save_model records it in config.json, and from_pretrained checks the tokenizer beside it."""
         vocab = sorted(self.tk.get_vocab(with_added_tokens=True).items())
-        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+        return hashlib.sha256(json.dumps(vocab).encode("ascii")).hexdigest()  # escaped: any token hashes
 
     @property
     def vocab_size(self) -> int:
