@@ -11,7 +11,7 @@ train_sft.py (it reads data/ and ckpt/sft):
     PYTHONPATH=. python bench/rm_lab.py --group 9 [--layers 3 | --scratch [--arch 4,128,4,2,384] | --emb fresh]
     PYTHONPATH=. python bench/rm_lab.py --samples --sample-cvs 1000 --random-jobs 2 --steps 520   # the default's data
     PYTHONPATH=. python bench/rm_lab.py --group 9 --steps 3000 --eval-every 250                   # more time
-    PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --pretext 300 [--pool mean]             # token membership first
+    PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --pretext 300 [--pretext-idf] [--pool mean]   # token membership first
     PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --oracle-labels                         # no recruiter noise
     python -c "from girl.market import build; build('/tmp/bigm', seekers=dict(sft=4000, rm=15000, ppo=600, test=400, val=400))"
     PYTHONPATH=. python bench/rm_lab.py --market-dir /tmp/bigm --log --steps 2200 --eval-every 550  # 10x the log
@@ -60,6 +60,7 @@ p.add_argument("--arch", help="scratch U: layers,dim,heads,kv_heads,hidden")
 p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--pretext", type=int, default=0, help="steps of the pretext before L_rmt: which of J's tokens C holds")
 p.add_argument("--pretext-lr", type=float, default=1e-3)
+p.add_argument("--pretext-idf", action="store_true", help="weigh each of J's tokens in the pretext by its IDF over the JDs")
 p.add_argument("--oracle-labels", action="store_true", help="a diagnostic: each training pair ordered by f, no recruiter noise")
 p.add_argument("--pool", choices=["last", "mean"], default="last",
                help="a diagnostic: U's head on the mean of every position's state, not the last (not HF's reading)")
@@ -207,24 +208,30 @@ if args.pretext:
     # U reads C against J: at each of J's positions, a probe says whether C holds that token (dense labels, free)
     probe = torch.nn.Linear(U.config.dim, 1)
     seqs = []
+    df = {}
+    for t in jds:
+        for i in set(tok.encode(t)):
+            df[i] = df.get(i, 0) + 1
+    idf = {i: float(np.log((1 + len(jds)) / (1 + n))) for i, n in df.items()}
     for r in rows if rows else rm_train:
         n_prompt = len(prompt_ids(tok, r["cv"], lang, 256)[0])
         for k in ("jd_pos", "jd_neg"):
             ids = u_input(tok, r["cv"], r[k], lang, 256)[0]
             cv_tokens = set(tok.encode(r["cv"]))
-            seqs.append((ids, n_prompt, [float(t in cv_tokens) for t in ids]))
-    print(f"pretext: {len(seqs)} sequences, {np.mean([np.mean(y[n:]) for _, n, y in seqs]):.3f} of J's tokens in C", flush=True)
+            seqs.append((ids, n_prompt, [float(t in cv_tokens) for t in ids],
+                         [idf.get(t, 0.0) if args.pretext_idf else 1.0 for t in ids]))
+    print(f"pretext: {len(seqs)} sequences, {np.mean([np.mean(y[n:]) for _, n, y, _ in seqs]):.3f} of J's tokens in C", flush=True)
     popt = torch.optim.AdamW(list(U.parameters()) + list(probe.parameters()), lr=args.pretext_lr, weight_decay=0.1)
     pr = random.Random(args.seed + 1)
     for step in range(args.pretext):
         for gr in popt.param_groups:
             gr["lr"] = lr_at(step, args.pretext, args.pretext_lr, 30)
         batch = pr.sample(seqs, 32)
-        T = max(len(x) for x, _, _ in batch)
-        ids = torch.tensor([x + [tok.pad_or_eos_id] * (T - len(x)) for x, _, _ in batch])
-        mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x, _, _ in batch])
-        y = torch.tensor([yy + [0.0] * (T - len(yy)) for _, _, yy in batch])
-        w = torch.tensor([[0.0] * n + [1.0] * (len(x) - n - 1) + [0.0] * (T - len(x) + 1) for x, n, _ in batch])
+        T = max(len(x) for x, _, _, _ in batch)
+        ids = torch.tensor([x + [tok.pad_or_eos_id] * (T - len(x)) for x, _, _, _ in batch])
+        mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x, _, _, _ in batch])
+        y = torch.tensor([yy + [0.0] * (T - len(yy)) for _, _, yy, _ in batch])
+        w = torch.tensor([[0.0] * n + ww[n : len(x) - 1] + [0.0] * (T - len(x) + 1) for x, n, _, ww in batch])
         logit = probe(U.backbone.hidden_states(ids, mask)).squeeze(-1)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y, weight=w, reduction="sum") / w.sum()
         popt.zero_grad()
@@ -233,7 +240,9 @@ if args.pretext:
         popt.step()
         if step % 50 == 0 or step == args.pretext - 1:
             acc = (((logit > 0).float() == y).float() * w).sum() / w.sum()
-            print(f"pretext {step} bce {bce.item():.4f} acc {acc.item():.3f}", flush=True)
+            rare = (w > 2).float()  # J's tokens in fewer than 1 JD in 7
+            rare_acc = (((logit > 0).float() == y).float() * rare).sum() / rare.sum().clamp(min=1)
+            print(f"pretext {step} bce {bce.item():.4f} acc {acc.item():.3f} rare-token acc {rare_acc.item():.3f}", flush=True)
 opt = adamw(U, args.lr, 0.1)
 g = torch.Generator().manual_seed(args.seed)
 order = torch.randperm(len(train), generator=g).tolist()
