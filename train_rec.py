@@ -48,7 +48,7 @@ from girl.lm.model import RewardModel, Transformer
 from girl.lm.tokenizer import Tokenizer
 from girl.losses import match_loss
 from girl.recommend import (JPrimeCache, Matcher, cv_features, encode_all, interaction_logits, jprime_features,
-                            jprime_settings, make_jprimes, save_matcher, texts_to_batch, warm_split, weights_digest)
+                            jprime_settings, make_jprimes, save_matcher, texts_to_batch, warm_split)
 from girl.training import Progress, adamw, clip_grad_norm, lr_at, set_lr, step_indices, stop_on_signal
 
 p = parser(__doc__)
@@ -162,10 +162,10 @@ val_rank = market.heldout(mdir, args.val_rank_seekers, "val") if mdir and args.v
 
 # ----------------------------------------------------------------------------- G and its J′ for every CV (cached)
 G, tok = open_model(generator, Transformer, "G", device)
-args.generator_sha256 = weights_digest(generator)  # recorded too: generate.py refuses a G trained again since
 U, tok_u = open_model(args.rm, RewardModel, "U", device) if args.best_of > 1 else (None, None)
 cache = JPrimeCache(args.cache_dir, generator, jprime_settings(args.lang, args.max_new_tokens, args.best_of,
                                                                args.temperature, args.seed, args.rm))
+args.generator_sha256 = cache.generator_sha256  # recorded too: generate.py refuses a G trained again since
 test_cvs = [r["cv"] for r in read_jsonl(test_file, "interactions")] + [
     r["cv"] for r in (market.heldout(mdir, args.rank_seekers) if mdir and args.rank_seekers else [])]
 cvs = list(dict.fromkeys([r["cv"] for r in rows + val + val_rank] + test_cvs))  # the test CVs' J′: G never learns

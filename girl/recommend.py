@@ -340,10 +340,12 @@ def jprime_settings(lang: str, max_new_tokens: int, best_of: int = 1, temperatur
 class JPrimeCache:
     """J′ of each CV under one generator and one sampling setting, kept as JSONL in
     cache_dir/<key>.jsonl, key = sha256(generator's weights, settings): a changed generator or setting
-    is another file, so a stale J′ is never read. Rows are {"cv": sha256 of the CV, "jprime": text}."""
+    is another file, so a stale J′ is never read. Rows are {"cv": sha256 of the CV, "jprime": text}.
+    generator_sha256: the generator's weights_digest, which train_rec.py also records with the matchers."""
 
     def __init__(self, cache_dir, generator_folder, settings: dict):
-        key = hashlib.sha256((weights_digest(generator_folder) + json.dumps(settings, sort_keys=True)).encode())
+        self.generator_sha256 = weights_digest(generator_folder)
+        key = hashlib.sha256((self.generator_sha256 + json.dumps(settings, sort_keys=True)).encode())
         self.path = Path(cache_dir) / f"{key.hexdigest()[:24]}.jsonl"
         self.settings = settings
         self.texts: dict[str, str] = {}
