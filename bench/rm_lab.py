@@ -30,6 +30,7 @@ import torch
 
 from girl import evaluation, market, ranking
 from girl.lexical import TfIdf
+from girl.market.oracle import recruiter_triple
 from girl.lm.checkpoint import load_model
 from girl.lm.model import RewardModel
 from girl.lm.tokenizer import Tokenizer
@@ -96,12 +97,8 @@ for cv, v in accepted.items():
 
 
 def judged(row, a, b):
-    s = market.Seeker.from_json(row["seeker"])
-    pref = market.recruiter_prefers(s, a, b, lang, rng)
-    if pref is None:
-        return None
-    win, lose = (a, b) if pref else (b, a)
-    return {"cv": row["cv"], "jd_pos": win, "jd_neg": lose, "seeker": row["seeker"]}
+    """The recruiter's (C, J+, J−) triple of a against b for row's CV: a list of one, or none for a tie."""
+    return recruiter_triple(row, market.Seeker.from_json(row["seeker"]), a, b, lang, rng)
 
 
 rows = []
@@ -123,21 +120,16 @@ for r in cvs:
     mine = accepted[r["cv"]]
     for _ in range(args.field_neg):
         other = rng.choice([f for f in fields if f != s.field])
-        x = judged(r, rng.choice(mine), rng.choice(by_field[other]))
-        rows += [x] if x else []
+        rows += judged(r, rng.choice(mine), rng.choice(by_field[other]))
     for _ in range(args.peer_neg):
         peers = [jd for cv, jd in accepted_in_field.get(s.field, []) if cv != r["cv"]]
-        x = judged(r, rng.choice(mine), rng.choice(peers))
-        rows += [x] if x else []
+        rows += judged(r, rng.choice(mine), rng.choice(peers))
     for _ in range(args.market_pairs):
-        x = judged(r, *rng.sample(by_field[s.field], 2))
-        rows += [x] if x else []
+        rows += judged(r, *rng.sample(by_field[s.field], 2))
     for _ in range(args.random_jobs):
-        x = judged(r, rng.choice(mine), rng.choice(jds))
-        rows += [x] if x else []
+        rows += judged(r, rng.choice(mine), rng.choice(jds))
     for _ in range(args.any_pairs):
-        x = judged(r, *rng.sample(jds, 2))
-        rows += [x] if x else []
+        rows += judged(r, *rng.sample(jds, 2))
 rejected = {}
 for r in rm_train:
     rejected.setdefault(r["cv"], []).append(r["jd_neg"])

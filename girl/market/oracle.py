@@ -53,6 +53,16 @@ def recruiter_prefers(s: Seeker, jd_a: str, jd_b: str, lang: str, rng: random.Ra
     return rng.random() < 1 / (1 + math.exp(-12 * (f_a - f_b)))
 
 
+def recruiter_triple(row: dict, s: Seeker, jd_a: str, jd_b: str, lang: str, rng: random.Random) -> list[dict]:
+    """The recruiter's judgement of jd_a against jd_b for row's CV (row carries "cv" and "seeker", s is its
+    Seeker) as a (C, J+, J−) triple: a list of one, or none for a tie."""
+    prefers_a = recruiter_prefers(s, jd_a, jd_b, lang, rng)
+    if prefers_a is None:
+        return []
+    win, lose = (jd_a, jd_b) if prefers_a else (jd_b, jd_a)
+    return [{"cv": row["cv"], "jd_pos": win, "jd_neg": lose, "seeker": row["seeker"]}]
+
+
 def recruiter_comparisons(rows: list[dict], jds: list[list[str]], lang: str, rng: random.Random) -> list[dict]:
     """(C, J+, J−) triples from the recruiter's comparisons of several J′ per CV: every pair of rows[i]'s
     jds[i] judged by recruiter_prefers (ties dropped). rows carry "cv" and "seeker"."""
@@ -61,10 +71,7 @@ def recruiter_comparisons(rows: list[dict], jds: list[list[str]], lang: str, rng
         s = Seeker.from_json(r["seeker"])
         for a in range(len(texts)):
             for b in range(a + 1, len(texts)):
-                prefers_a = recruiter_prefers(s, texts[a], texts[b], lang, rng)
-                if prefers_a is not None:
-                    win, lose = (a, b) if prefers_a else (b, a)
-                    out.append({"cv": r["cv"], "jd_pos": texts[win], "jd_neg": texts[lose], "seeker": r["seeker"]})
+                out += recruiter_triple(r, s, texts[a], texts[b], lang, rng)
     return out
 
 
@@ -82,10 +89,7 @@ def random_job_comparisons(triples: list[dict], jds: list[str], per_cv: int, lan
         s = Seeker.from_json(r["seeker"])
         for _ in range(per_cv):
             a, b = rng.choice(accepted[cv]), rng.choice(jds)
-            prefers_a = recruiter_prefers(s, a, b, lang, rng)
-            if prefers_a is not None:
-                win, lose = (a, b) if prefers_a else (b, a)
-                out.append({"cv": r["cv"], "jd_pos": win, "jd_neg": lose, "seeker": r["seeker"]})
+            out += recruiter_triple(r, s, a, b, lang, rng)
     return out
 
 
