@@ -1,5 +1,6 @@
 """How much of the fit do the words carry? Orders the market's validation (C, J+, J−) triples by some of the five
-terms of f alone (girl/market/world.py's compatibility), as a judge that saw only those would: README, stage 2.
+terms of f alone (girl/market/world.py's fit_terms, weighted as f weighs them), as a judge that saw only those
+would: README, stage 2.
 
     PYTHONPATH=. python bench/oracle_terms.py [--market-dir data] [--part val]
 """
@@ -9,6 +10,7 @@ import json
 from pathlib import Path
 
 from girl.market import Seeker, compatibility, parse_jd
+from girl.market.world import FIT_WEIGHTS, fit_terms
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("--market-dir", default="data", help="the market's folder (default: data)")
@@ -18,16 +20,10 @@ args = p.parse_args()
 
 
 def terms(s: Seeker, job: dict | None) -> dict:
-    """The weighted terms of f, as compatibility computes them; their sum is checked against it below."""
+    """f's weighted terms of a JD for a seeker; all 0 for an unreadable JD or one of another field, as f is."""
     if job is None or job["field"] != s.field:
-        return dict.fromkeys(("skills", "experience", "education", "city", "salary"), 0.0)
-    gap, (lo, hi), e = s.years - job["min_exp"], job["salary"], s.salary
-    return dict(
-        skills=0.4 * len(job["skills"] & {tuple(k) for k in s.skills}) / len(job["skills"]),
-        experience=0.2 * (1.0 if 0 <= gap <= 4 else max(0.0, 1 + gap / 2) if gap < 0 else max(0.0, 1 - (gap - 4) / 8)),
-        education=0.1 * (1.0 if s.edu >= job["edu"] else 0.4 if s.edu == job["edu"] - 1 else 0.0),
-        city=0.15 * (s.city == job["city"]),
-        salary=0.15 * (1.0 if lo <= e <= hi else max(0.0, 1 - 3 * (e - hi) / hi) if e > hi else max(0.0, 1 - 2 * (lo - e) / lo)))
+        return dict.fromkeys(FIT_WEIGHTS, 0.0)
+    return {name: w * t for (name, w), t in zip(FIT_WEIGHTS.items(), fit_terms(s, job), strict=True)}
 
 
 rows = [json.loads(line) for line in (Path(args.market_dir) / f"rm_{args.part}.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -39,8 +35,6 @@ for r in rows:
     s = Seeker.from_json(r["seeker"])
     jobs = [parse_jd(r[k], args.lang) for k in ("jd_pos", "jd_neg")]
     t = [terms(s, j) for j in jobs]
-    for j, tj in zip(jobs, t):
-        assert j is None or abs(sum(tj.values()) - compatibility(s, j)) < 1e-12  # the same f as the market's
     f = [0.0 if j is None else compatibility(s, j) for j in jobs]
     for name, keep in judges.items():
         a, b = f if keep is None else (sum(x[k] for k in keep) for x in t)

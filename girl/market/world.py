@@ -54,17 +54,27 @@ class Job:
                     min_exp=self.min_exp, edu=self.edu, city=self.city, salary=tuple(self.salary))
 
 
+FIT_WEIGHTS = {"skills": 0.4, "experience": 0.2, "education": 0.1, "city": 0.15, "salary": 0.15}  # fit_terms' order
+
+
 def compatibility(s: Seeker, job: dict) -> float:
-    """Ground-truth f(seeker, job) in [0, 1]. Zero across fields; otherwise a weighted sum of fits:
+    """Ground-truth f(seeker, job) in [0, 1]. Zero across fields; otherwise the weighted sum of fit_terms:
 
         f = 0.4·skills + 0.2·experience + 0.1·education + 0.15·city + 0.15·salary
-
-    skills: share of the job's required skills the seeker has. experience: 1 within [min, min+4] years,
-    falling fast when under-qualified and slowly when over-qualified. education: 1 at or above the
-    requirement. salary: 1 when the seeker's expectation lies in the offered range.
     """
     if job["field"] != s.field:
         return 0.0
+    return sum(w * t for w, t in zip(FIT_WEIGHTS.values(), fit_terms(s, job), strict=True))
+
+
+def fit_terms(s: Seeker, job: dict) -> tuple[float, float, float, float, float]:
+    """The five fits f weighs by FIT_WEIGHTS, each in [0, 1], of a job of the seeker's field.
+
+    skills: share of the job's required skills the seeker has. experience: 1 within [min, min+4] years,
+    falling fast when under-qualified and slowly when over-qualified. education: 1 at or above the
+    requirement, 0.4 one level below. city: 1 in the seeker's city. salary: 1 when the seeker's expectation
+    lies in the offered range, falling 3× its excess over the top and 2× its shortfall under the bottom.
+    """
     skills = len(job["skills"] & {tuple(k) for k in s.skills}) / len(job["skills"])
     gap = s.years - job["min_exp"]
     experience = 1.0 if 0 <= gap <= 4 else max(0.0, 1 + gap / 2) if gap < 0 else max(0.0, 1 - (gap - 4) / 8)
@@ -73,7 +83,7 @@ def compatibility(s: Seeker, job: dict) -> float:
     lo, hi = job["salary"]
     e = s.salary
     salary = 1.0 if lo <= e <= hi else max(0.0, 1 - 3 * (e - hi) / hi) if e > hi else max(0.0, 1 - 2 * (lo - e) / lo)
-    return 0.4 * skills + 0.2 * experience + 0.1 * education + 0.15 * city + 0.15 * salary
+    return skills, experience, education, city, salary
 
 
 # ----------------------------------------------------------------------------- sampling
