@@ -31,7 +31,7 @@ from girl.market.splits import (SPLITS, JudgeBench, MarketError, build, ensure, 
 from girl.market.text import LANGS, parse_jd, render_cv, render_jd
 from girl.market.world import Job, Seeker, compatibility
 
-__all__ = ["Job", "JudgeBench", "LANGS", "Oracle", "SPLITS", "Seeker", "build", "compatibility", "ensure", "heldout",
+__all__ = ["Job", "JudgeBench", "LANGS", "MarketError", "Oracle", "SPLITS", "Seeker", "build", "compatibility", "ensure", "heldout",
            "judge_bench", "load_jobs",
            "oracle_accuracy", "oracle_eval", "oracle_score", "parse_jd", "random_job_comparisons", "recruiter_comparisons",
            "recruiter_prefers", "reference_jds", "reference_jobs", "references", "render_cv", "render_jd", "seekers"]
