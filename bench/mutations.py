@@ -1,7 +1,7 @@
 """Do the tests catch a wrong program? Apply one realistic single-line fault at a time, run the tests aimed at
 it, report `caught` or `MISSED`, and put the line back (also on Ctrl-C). Every fault here must be caught.
 
-    python bench/mutations.py            # all 115 faults, 28 min on 2 cores
+    python bench/mutations.py            # all 123 faults, 30 min on 2 cores
     python bench/mutations.py ppo        # only the faults whose name or file contains "ppo"
 
 A fault is (file, the line as it is, the line made wrong, what is wrong, the tests to run). When you add a
@@ -260,9 +260,30 @@ FAULTS = [
      'max_seq_len=hf.get("max_position_embeddings", 2048),', "qwen2's default context",
      "tests/test_model.py::test_config_defaults_are_transformers_defaults"),
     # U beside the lexical reference (issue 22)
-    ("train_rm.py", '                            + comparisons.get("random_jobs", []), args.lang, args.max_len)',
-     "                            , args.lang, args.max_len)", "RM: the random-job comparisons not trained on",
+    ("train_rm.py", '                 + comparisons.get("random_jobs", []))', "                 )",
+     "RM: the random-job comparisons not trained on",
      "tests/test_train_rm.py::test_u_learns_from_random_jobs_and_stands_beside_the_lexical_reference"),
+    # U's pretext: which of J's tokens C holds (issue 22)
+    ("girl/reward.py", "    cv_tokens = set(tok.encode(cv))", "    cv_tokens = set(tok.encode(cv + jd))",
+     "pretext: J's own tokens counted as C's", "tests/test_rm.py::test_membership_targets_by_hand "
+     "tests/test_train_rm.py::test_the_pretext_teaches_u_which_of_js_tokens_c_holds"),
+    ("girl/reward.py", "    w = [idf.get(t, 0.0) if j else 0.0 for t, j in zip(ids, in_jd)]  # the EOS: no JD holds it",
+     "    w = [idf.get(t, 0.0) for t in ids]", "pretext: the prompt's tokens weighted too",
+     "tests/test_rm.py::test_membership_targets_by_hand"),
+    ("girl/reward.py", "    return {t: math.log((1 + len(jds)) / (1 + n)) for t, n in df.items()}",
+     "    return {t: math.log(len(jds) / n) for t, n in df.items()}", "pretext: idf without smoothing",
+     "tests/test_rm.py::test_membership_targets_by_hand"),
+    ("girl/losses.py", "    return loss / weights.sum() if reduction == \"mean\" else loss",
+     "    return loss / weights.numel() if reduction == \"mean\" else loss", "L_pre divided by the positions, not the weight",
+     "tests/test_rm.py::test_membership_loss_by_hand"),
+    ("train_rm.py", "        weight = global_sum(sum(w.sum().item() for *_, w in micro), world, device)",
+     "        weight = sum(w.sum().item() for *_, w in micro) * world", "pretext: each rank's own weight",
+     "tests/test_distributed.py::test_rm_two_processes_equal_one"),
+    ("train_rm.py", "            save_state(args, run, raw_model, tok, optimizer, state)\n            barrier(world)",
+     "            barrier(world)", "pretext: its end not saved (a kill after it repeats it)",
+     "tests/test_train_rm.py::test_a_signal_in_the_pretext_saves_and_resume_goes_on_exactly"),
+    ("train_rm.py", "        pre = pretext_backward(indices, args.pretext_coef)", "        pre = pretext_backward(indices, 0.0)",
+     "--pretext-coef: L_pre reported, not trained on", "tests/test_train_rm.py::test_the_pretext_teaches_u_which_of_js_tokens_c_holds"),
     ("girl/ranking.py", "    return (a > b) + 0.5 * (a == b)", "    return (a > b) * 1.0", "a tie counted as wrong",
      "tests/test_recommend.py::test_pairs_report_counts_ties_half_and_draws_cvs"),
     ("girl/ranking.py", "        return lambda sample: float(right[name][rows_of.sample(sample)[0]].mean())",

@@ -12,6 +12,9 @@ train_sft.py (it reads data/ and ckpt/sft):
     PYTHONPATH=. python bench/rm_lab.py --samples --sample-cvs 1000 --random-jobs 2 --steps 520   # the default's data
     PYTHONPATH=. python bench/rm_lab.py --group 9 --steps 3000 --eval-every 250                   # more time
     PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --pretext 300 [--pretext-idf] [--pool mean]   # token membership first
+    PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --pretext 900 --pretext-idf --pretext-schedule constant \
+        [--probe head] --save-pretext /tmp/pre.pt --seed 1 --eval-every 100                      # long enough to form
+    PYTHONPATH=. python bench/rm_lab.py --log --random-jobs 2 --load-pretext /tmp/pre.pt --seed 1    # other data after it
     PYTHONPATH=. python bench/rm_lab.py --log --steps 400 --oracle-labels                         # no recruiter noise
     python -c "from girl.market import build; build('/tmp/bigm', seekers=dict(sft=4000, rm=15000, ppo=600, test=400, val=400))"
     PYTHONPATH=. python bench/rm_lab.py --market-dir /tmp/bigm --log --steps 2200 --eval-every 550  # 10x the log
@@ -62,6 +65,13 @@ p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--pretext", type=int, default=0, help="steps of the pretext before L_rmt: which of J's tokens C holds")
 p.add_argument("--pretext-lr", type=float, default=1e-3)
 p.add_argument("--pretext-idf", action="store_true", help="weigh each of J's tokens in the pretext by its IDF over the JDs")
+p.add_argument("--pretext-schedule", choices=["cosine", "constant"], default="cosine", help="the pretext's lr after warm-up")
+p.add_argument("--pretext-batch", type=int, default=32, help="sequences per pretext step")
+p.add_argument("--save-pretext", help="save U's state after the pretext here (a lab cache, torch.save)")
+p.add_argument("--load-pretext", help="start L_rmt from a U saved by --save-pretext (skips the pretext)")
+p.add_argument("--probe", choices=["linear", "head"], default="linear",
+               help="the pretext's reader: a separate linear probe, or U's own scalar head at every position")
+p.add_argument("--aux", type=float, default=0.0, help="λ of the pretext's loss on a batch of the pretext's sequences, kept on during L_rmt")
 p.add_argument("--oracle-labels", action="store_true", help="a diagnostic: each training pair ordered by f, no recruiter noise")
 p.add_argument("--pool", choices=["last", "mean"], default="last",
                help="a diagnostic: U's head on the mean of every position's state, not the last (not HF's reading)")
@@ -196,9 +206,15 @@ with torch.no_grad():
     elif args.emb == "center":
         E.sub_(E.mean(0))
 print("embedding std", E.std().item(), "norm", E.norm(dim=-1).mean().item(), flush=True)
-if args.pretext:
+if args.load_pretext:
+    saved = torch.load(args.load_pretext, weights_only=True)
+    U.load_state_dict(saved["U"])
+    args.pretext = 0
+if args.pretext or args.aux:
     # U reads C against J: at each of J's positions, a probe says whether C holds that token (dense labels, free)
     probe = torch.nn.Linear(U.config.dim, 1)
+    if args.load_pretext:
+        probe.load_state_dict(saved["probe"])
     seqs = []
     df = {}
     for t in jds:
@@ -213,19 +229,25 @@ if args.pretext:
             seqs.append((ids, n_prompt, [float(t in cv_tokens) for t in ids],
                          [idf.get(t, 0.0) if args.pretext_idf else 1.0 for t in ids]))
     print(f"pretext: {len(seqs)} sequences, {np.mean([np.mean(y[n:]) for _, n, y, _ in seqs]):.3f} of J's tokens in C", flush=True)
-    popt = torch.optim.AdamW(list(U.parameters()) + list(probe.parameters()), lr=args.pretext_lr, weight_decay=0.1)
-    pr = random.Random(args.seed + 1)
-    for step in range(args.pretext):
-        for gr in popt.param_groups:
-            gr["lr"] = lr_at(step, args.pretext, args.pretext_lr, 30)
-        batch = pr.sample(seqs, 32)
+
+    def pretext_loss(batch):
+        """The pretext's weighted BCE on a list of (ids, n_prompt, y, w); and its logits, y and w [B, T]."""
         T = max(len(x) for x, _, _, _ in batch)
         ids = torch.tensor([x + [tok.pad_or_eos_id] * (T - len(x)) for x, _, _, _ in batch])
         mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x, _, _, _ in batch])
         y = torch.tensor([yy + [0.0] * (T - len(yy)) for _, _, yy, _ in batch])
         w = torch.tensor([[0.0] * n + ww[n : len(x) - 1] + [0.0] * (T - len(x) + 1) for x, n, _, ww in batch])
-        logit = probe(U.backbone.hidden_states(ids, mask)).squeeze(-1)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y, weight=w, reduction="sum") / w.sum()
+        logit = (U(ids, mask, every_position=True) if args.probe == "head"
+                 else probe(U.backbone.hidden_states(ids, mask)).squeeze(-1))
+        return torch.nn.functional.binary_cross_entropy_with_logits(logit, y, weight=w, reduction="sum") / w.sum(), logit, y, w
+
+    popt = torch.optim.AdamW(list(U.parameters()) + list(probe.parameters()), lr=args.pretext_lr, weight_decay=0.1)
+    pr = random.Random(args.seed + 1)
+    for step in range(args.pretext):
+        for gr in popt.param_groups:
+            gr["lr"] = (lr_at(step, args.pretext, args.pretext_lr, 30) if args.pretext_schedule == "cosine"
+                        else args.pretext_lr * min(1.0, (step + 1) / 30))
+        bce, logit, y, w = pretext_loss(pr.sample(seqs, args.pretext_batch))
         popt.zero_grad()
         bce.backward()
         torch.nn.utils.clip_grad_norm_(U.parameters(), 1.0)
@@ -234,8 +256,16 @@ if args.pretext:
             acc = (((logit > 0).float() == y).float() * w).sum() / w.sum()
             rare = (w > 2).float()  # J's tokens in fewer than 1 JD in 7
             rare_acc = (((logit > 0).float() == y).float() * rare).sum() / rare.sum().clamp(min=1)
-            print(f"pretext {step} bce {bce.item():.4f} acc {acc.item():.3f} rare-token acc {rare_acc.item():.3f}", flush=True)
+            print(f"pretext {step} bce {bce.item():.4f} acc {acc.item():.3f} rare-token acc {rare_acc.item():.3f} "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+    if args.save_pretext:
+        torch.save({"U": U.state_dict(), "probe": probe.state_dict()}, args.save_pretext)
+
+
+
 opt = adamw(U, args.lr, 0.1)
+if args.aux:
+    opt.add_param_group({"params": list(probe.parameters()), "weight_decay": 0.0})
 g = torch.Generator().manual_seed(args.seed)
 order = torch.randperm(len(train), generator=g).tolist()
 pad = tok.pad_or_eos_id
@@ -270,6 +300,8 @@ for step in range(args.steps):
         batch = [train[order[(lo + i) % len(train)]] for i in range(args.batch)]
         pos, neg = pair_scores(U, batch, pad)
     loss = rm_loss(pos, neg)
+    if args.aux:
+        loss = loss + args.aux * pretext_loss(pr.sample(seqs, args.batch))[0]
     opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(U.parameters(), 1.0)

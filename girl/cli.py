@@ -279,7 +279,8 @@ def save_at_eval(args, run: Run, state: dict, loss: float, raw_model, tok, optim
     """At an evaluation (rank 0, or every process of a sharded model): the model to --out if its held-out loss
     is the best so far (`best` goes into the state with it), then the resumable state to --out-last. Whether
     it was the best."""
-    improved = loss < state["best_eval_loss"]
+    best_so_far = state["best_eval_loss"]  # None in a state saved before any evaluation: JSON has no infinity
+    improved = best_so_far is None or loss < best_so_far
     if improved:
         state.update(best_eval_loss=loss, **best)
         save_model(args.out, raw_model, tok, args)

@@ -8,13 +8,17 @@ at that EOS (girl/lm/model.py's RewardModel).
     triples, cut = encode_triples(tok, rows, lang, max_len)
     r_pos, r_neg = pair_scores(U, triples, pad_id)         # U(C, J+), U(C, J−) in one forward pass
     picked = best_of_n(u, n)                               # best-of-N: the sample U scores highest, per CV
+    idf = token_idf(tok, market_jds)                       # U's pretext: which of J's tokens C holds
+    ids, mask, in_cv, weights = membership_batch([membership_example(tok, cv, jd, lang, max_len, idf)], pad_id)
 """
+
+import math
 
 import contextlib
 
 import torch
 
-from girl.data import right_pad, sft_example
+from girl.data import IGNORE, right_pad, sft_example
 
 
 def u_input(tok, cv: str, jd: str, lang: str, max_len: int) -> tuple[list[int], bool]:
@@ -75,3 +79,35 @@ def best_of_n(u, n: int) -> list[int]:
     sample (the first of equal ones)."""
     u = torch.as_tensor(u).view(-1, n)
     return (torch.arange(len(u)) * n + u.argmax(1)).tolist()
+
+
+# ----------------------------------------------------------------------------- U's pretext
+
+def token_idf(tok, jds: list[str]) -> dict[int, float]:
+    """idf(t) = ln((1 + n) / (1 + df(t))) of each token id over n JDs, df(t) the JDs that hold t: 0 for a token
+    every JD holds, ln(n) for one of a single JD. Tokens no JD holds have none."""
+    df: dict[int, int] = {}
+    for jd in jds:
+        for t in set(tok.encode(jd)):
+            df[t] = df.get(t, 0) + 1
+    return {t: math.log((1 + len(jds)) / (1 + n)) for t, n in df.items()}
+
+
+def membership_example(tok, cv: str, jd: str, lang: str, max_len: int, idf: dict[int, float]):
+    """U's input for (C, J), as u_input builds it, with the pretext's targets: (ids, y, w), y_t = 1 where the
+    token at t is one of C's tokens, w_t the token's idf at J's tokens (its EOS and the prompt: 0)."""
+    example, _, _ = sft_example(tok, cv, jd, lang, max_len)
+    ids, in_jd = example["input_ids"], [label != IGNORE for label in example["labels"]]
+    cv_tokens = set(tok.encode(cv))
+    y = [float(t in cv_tokens) for t in ids]
+    w = [idf.get(t, 0.0) if j else 0.0 for t, j in zip(ids, in_jd)]  # the EOS: no JD holds it
+    return ids, y, w
+
+
+def membership_batch(examples: list[tuple], pad_id: int):
+    """input_ids, attention_mask, y and w [B, T] of membership_example's, right-padded (w = 0 on padding)."""
+    ids, mask = right_pad([x for x, _, _ in examples], pad_id)
+    y, w = (torch.zeros(ids.shape) for _ in range(2))
+    for i, (x, yy, ww) in enumerate(examples):
+        y[i, : len(x)], w[i, : len(x)] = torch.tensor(yy), torch.tensor(ww)
+    return ids, mask, y, w

@@ -15,8 +15,8 @@ from girl.files import CheckpointError
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Config, RewardModel, last_token_index
 from girl.lm.tokenizer import Tokenizer
-from girl.losses import rm_loss
-from girl.reward import best_of_n, token_scores, u_scores
+from girl.losses import membership_loss, rm_loss
+from girl.reward import best_of_n, membership_batch, membership_example, token_idf, token_scores, u_input, u_scores
 from girl.template import prompt_ids
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -35,6 +35,41 @@ def test_rm_loss_by_hand():
     assert rm_loss(r_pos, r_neg, margin=0.5).item() == pytest.approx(margin, rel=1e-6)
     centering = 0.1 * (3.0**2 + (-1.0) ** 2 + 1.0**2) / 3
     assert rm_loss(r_pos, r_neg, center_coef=0.1).item() == pytest.approx(paper + centering, rel=1e-6)
+
+
+def test_membership_loss_by_hand():
+    """L_pre: BCE at each position weighted by w, over the weight; positions of weight 0 change nothing."""
+    s, y = torch.tensor([[2.0, -1.0, 0.5, 9.0]]), torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    w = torch.tensor([[0.5, 2.0, 1.0, 0.0]])
+    by_hand = 0.5 * sigmoid_nll(2.0) + 2.0 * sigmoid_nll(1.0) + 1.0 * sigmoid_nll(-0.5)
+    assert membership_loss(s, y, w, reduction="sum").item() == pytest.approx(by_hand, rel=1e-6)
+    assert membership_loss(s, y, w).item() == pytest.approx(by_hand / 3.5, rel=1e-6)
+    s[0, 3] = -9.0
+    assert membership_loss(s, y, w).item() == pytest.approx(by_hand / 3.5, rel=1e-6)
+
+
+def test_membership_targets_by_hand():
+    """The pretext's targets of (C, J): y_t = 1 where the token at t is one of C's, w_t = ln((1 + n) / (1 + df))
+    of J's token over the n JDs given, 0 on the prompt, the EOS and tokens no JD holds; the ids are U's input."""
+    words = ["java", "shanghai", "nurse", "beijing"]
+    tok = Tokenizer.train([" ".join(words[i:] + words[:i]) for i in range(4)] * 20, 300)  # each word first and after a space
+    jds = ["java shanghai", "java beijing", "nurse beijing"]
+    idf = token_idf(tok, jds)
+    (java,), (shanghai,), (beijing,), (nurse,) = (tok.encode(w) for w in ("java", " shanghai", " beijing", "nurse"))
+    assert tok.encode("java shanghai") == [java, shanghai] and tok.encode("nurse shanghai") == [nurse, shanghai]
+    assert idf[java] == pytest.approx(math.log(4 / 3)) and idf[beijing] == pytest.approx(math.log(4 / 3))
+    assert idf[shanghai] == pytest.approx(math.log(4 / 2)) and idf[nurse] == pytest.approx(math.log(4 / 2))
+    ids, y, w = membership_example(tok, "nurse shanghai", "java shanghai", "en", 256, idf)
+    assert ids == u_input(tok, "nurse shanghai", "java shanghai", "en", 256)[0]
+    n = len(prompt_ids(tok, "nurse shanghai", "en")[0])
+    assert ids[n:] == [java, shanghai, tok.eos_id]
+    assert y[n:] == [0.0, 1.0, 0.0] and w[n:] == [idf[java], idf[shanghai], 0.0] and not any(w[:n])
+    assert y[:n].count(1.0) == [t in (nurse, shanghai) for t in ids[:n]].count(True) >= 2  # the CV in the prompt
+    ids2, y2, w2 = membership_example(tok, "java", "nurse beijing", "en", 256, idf)
+    batch_ids, mask, in_cv, weights = membership_batch([(ids, y, w), (ids2, y2, w2)], tok.pad_or_eos_id)
+    assert torch.equal(batch_ids[0, : len(ids)], torch.tensor(ids)) and mask.sum().item() == len(ids) + len(ids2)
+    assert in_cv[1, : len(ids2)].tolist() == y2 and weights[1, : len(ids2)].tolist() == pytest.approx(w2)
+    assert weights[mask == 0].abs().sum().item() == 0 and in_cv[mask == 0].abs().sum().item() == 0
 
 
 def test_best_of_n_by_hand():
