@@ -1,7 +1,7 @@
 """Do the tests catch a wrong program? Apply one realistic single-line fault at a time, run the tests aimed at
 it, report `caught` or `MISSED`, and put the line back (also on Ctrl-C). Every fault here must be caught.
 
-    python bench/mutations.py            # all 123 faults, 30 min on 2 cores
+    python bench/mutations.py            # all 124 faults, 30 min on 2 cores
     python bench/mutations.py ppo        # only the faults whose name or file contains "ppo"
 
 A fault is (file, the line as it is, the line made wrong, what is wrong, the tests to run). When you add a
@@ -84,8 +84,11 @@ FAULTS = [
      "tests/test_market.py"),
     ("girl/losses.py", "return -F.logsigmoid(r_pos - r_neg - margin).mean()", "return -F.logsigmoid(r_neg - r_pos - margin).mean()",
      "L_rmt prefers the rejected JD", "tests/test_train_rm.py::test_u_learns_a_preference_with_a_known_answer"),
-    ("girl/cli.py", 'improved = loss < state["best_eval_loss"]', 'improved = loss > state["best_eval_loss"]',
+    ("girl/cli.py", "improved = best_so_far is None or loss < best_so_far", "improved = best_so_far is None or loss > best_so_far",
      "SFT keeps the worst checkpoint", "tests/test_train_sft.py::test_killed_and_resumed_run_equals_uninterrupted_run"),
+    ("girl/cli.py", "improved = best_so_far is None or loss < best_so_far", "improved = loss < best_so_far",
+     "a state saved before any evaluation breaks --resume",
+     "tests/test_train_rm.py::test_a_signal_in_the_pretext_saves_and_resume_goes_on_exactly"),
     ("train_ppo.py", "after = evaluation.policy_eval(actor, tok, eval_prompts, **eval_args)",
      "after = evaluation.policy_eval(ref, tok, eval_prompts, **eval_args)", "PPO's 'after' measures the reference",
      "tests/test_train_ppo.py::test_writes_the_new_g_and_its_metrics"),
@@ -276,8 +279,8 @@ FAULTS = [
     ("girl/losses.py", "    return loss / weights.sum() if reduction == \"mean\" else loss",
      "    return loss / weights.numel() if reduction == \"mean\" else loss", "L_pre divided by the positions, not the weight",
      "tests/test_rm.py::test_membership_loss_by_hand"),
-    ("train_rm.py", "        weight = global_sum(sum(w.sum().item() for *_, w in micro), world, device)",
-     "        weight = sum(w.sum().item() for *_, w in micro) * world", "pretext: each rank's own weight",
+    ("train_rm.py", "    weight = global_sum(sum(w.sum().item() for *_, w in micro), world, device)",
+     "    weight = sum(w.sum().item() for *_, w in micro) * world", "pretext: each rank's own weight",
      "tests/test_distributed.py::test_rm_two_processes_equal_one"),
     ("train_rm.py", "            save_state(args, run, raw_model, tok, optimizer, state)\n            barrier(world)",
      "            barrier(world)", "pretext: its end not saved (a kill after it repeats it)",
