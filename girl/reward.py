@@ -12,9 +12,8 @@ at that EOS (girl/lm/model.py's RewardModel).
     ids, mask, in_cv, weights = membership_batch([membership_example(tok, cv, jd, lang, max_len, idf)], pad_id)
 """
 
-import math
-
 import contextlib
+import math
 
 import torch
 
