@@ -1,7 +1,7 @@
 """Do the tests catch a wrong program? Apply one realistic single-line fault at a time, run the tests aimed at
 it, report `caught` or `MISSED`, and put the line back (also on Ctrl-C). Every fault here must be caught.
 
-    python bench/mutations.py            # all 124 faults, 30 min on 2 cores
+    python bench/mutations.py            # all 128 faults, 30 min on 2 cores
     python bench/mutations.py ppo        # only the faults whose name or file contains "ppo"
 
 A fault is (file, the line as it is, the line made wrong, what is wrong, the tests to run). When you add a
@@ -287,6 +287,14 @@ FAULTS = [
      "tests/test_train_rm.py::test_a_signal_in_the_pretext_saves_and_resume_goes_on_exactly"),
     ("train_rm.py", "        pre = pretext_backward(indices, args.pretext_coef)", "        pre = pretext_backward(indices, 0.0)",
      "--pretext-coef: L_pre reported, not trained on", "tests/test_train_rm.py::test_the_pretext_teaches_u_which_of_js_tokens_c_holds"),
+    ("girl/reward.py", "        y[-1] = sum(a * b for a, b in zip(w, y)) / sum(w)", "        y[-1] = sum(y) / len(y)",
+     "--pretext-overlap: the share unweighted, over the prompt too", "tests/test_rm.py::test_membership_targets_by_hand"),
+    ("girl/reward.py", "        w[-1] = eos_weight * sum(w)", "        w[-1] = eos_weight",
+     "--pretext-overlap: its weight not against J's tokens'", "tests/test_rm.py::test_membership_targets_by_hand"),
+    ("train_rm.py", "args.max_len, idf, args.pretext_overlap)", "args.max_len, idf)", "--pretext-overlap ignored",
+     "tests/test_train_rm.py::test_pretext_overlap_gives_the_eos_a_target_of_its_own"),
+    ("train_rm.py", "        w_tokens = w * (in_cv == in_cv.round())", "        w_tokens = w",
+     "the pretext's accuracy counts the EOS's soft target", "tests/test_train_rm.py::test_pretext_overlap_gives_the_eos_a_target_of_its_own"),
     ("girl/ranking.py", "    return (a > b) + 0.5 * (a == b)", "    return (a > b) * 1.0", "a tie counted as wrong",
      "tests/test_recommend.py::test_pairs_report_counts_ties_half_and_draws_cvs"),
     ("girl/ranking.py", "        return lambda sample: float(right[name][rows_of.sample(sample)[0]].mean())",

@@ -71,6 +71,9 @@ p.add_argument("--save-pretext", help="save U's state after the pretext here (a 
 p.add_argument("--load-pretext", help="start L_rmt from a U saved by --save-pretext (skips the pretext)")
 p.add_argument("--probe", choices=["linear", "head"], default="linear",
                help="the pretext's reader: a separate linear probe, or U's own scalar head at every position")
+p.add_argument("--pretext-eos", type=float, default=0.0,
+               help="the pretext also asks U's head at the EOS for the IDF-weighted share of J's tokens C holds, with "
+                    "this weight relative to J's tokens' (0: none); with --probe head, that is U(C, J) itself")
 p.add_argument("--aux", type=float, default=0.0, help="λ of the pretext's loss on a batch of the pretext's sequences, kept on during L_rmt")
 p.add_argument("--oracle-labels", action="store_true", help="a diagnostic: each training pair ordered by f, no recruiter noise")
 p.add_argument("--pool", choices=["last", "mean"], default="last",
@@ -237,6 +240,11 @@ if args.pretext or args.aux:
         mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x, _, _, _ in batch])
         y = torch.tensor([yy + [0.0] * (T - len(yy)) for _, _, yy, _ in batch])
         w = torch.tensor([[0.0] * n + ww[n : len(x) - 1] + [0.0] * (T - len(x) + 1) for x, n, _, ww in batch])
+        if args.pretext_eos:  # at the EOS: how much of J (IDF-weighted) C holds, a soft target
+            for b, (x, n, _, _) in enumerate(batch):
+                e, total = len(x) - 1, w[b, n : len(x) - 1].sum()
+                y[b, e] = (w[b, n:e] * y[b, n:e]).sum() / total.clamp(min=1e-9)
+                w[b, e] = args.pretext_eos * total
         logit = (U(ids, mask, every_position=True) if args.probe == "head"
                  else probe(U.backbone.hidden_states(ids, mask)).squeeze(-1))
         return torch.nn.functional.binary_cross_entropy_with_logits(logit, y, weight=w, reduction="sum") / w.sum(), logit, y, w
@@ -253,8 +261,9 @@ if args.pretext or args.aux:
         torch.nn.utils.clip_grad_norm_(U.parameters(), 1.0)
         popt.step()
         if step % 50 == 0 or step == args.pretext - 1:
-            acc = (((logit > 0).float() == y).float() * w).sum() / w.sum()
-            rare = (w > 2).float()  # J's tokens in fewer than 1 JD in 7
+            hard = (y == y.round()).float()  # J's tokens, not the EOS's soft target
+            acc = (((logit > 0).float() == y).float() * w * hard).sum() / (w * hard).sum()
+            rare = (w > 2).float() * hard  # J's tokens in fewer than 1 JD in 7
             rare_acc = (((logit > 0).float() == y).float() * rare).sum() / rare.sum().clamp(min=1)
             print(f"pretext {step} bce {bce.item():.4f} acc {acc.item():.3f} rare-token acc {rare_acc.item():.3f} "
                   f"({time.time() - t0:.0f}s)", flush=True)

@@ -92,14 +92,19 @@ def token_idf(tok, jds: list[str]) -> dict[int, float]:
     return {t: math.log((1 + len(jds)) / (1 + n)) for t, n in df.items()}
 
 
-def membership_example(tok, cv: str, jd: str, lang: str, max_len: int, idf: dict[int, float]):
+def membership_example(tok, cv: str, jd: str, lang: str, max_len: int, idf: dict[int, float], eos_weight: float = 0.0):
     """U's input for (C, J), as u_input builds it, with the pretext's targets: (ids, y, w), y_t = 1 where the
-    token at t is one of C's tokens, w_t the token's idf at J's tokens (its EOS and the prompt: 0)."""
+    token at t is one of C's tokens, w_t the token's idf at J's tokens (the prompt: 0). At the EOS, where U
+    reads U(C, J): y = Σ w_t y_t / Σ w_t over J's tokens, how much of J C holds, with w = eos_weight · Σ w_t
+    (0: the EOS has no target)."""
     example, _, _ = sft_example(tok, cv, jd, lang, max_len)
     ids, in_jd = example["input_ids"], [label != IGNORE for label in example["labels"]]
     cv_tokens = set(tok.encode(cv))
     y = [float(t in cv_tokens) for t in ids]
     w = [idf.get(t, 0.0) if j else 0.0 for t, j in zip(ids, in_jd)]  # the EOS: no JD holds it
+    if eos_weight and sum(w):
+        y[-1] = sum(a * b for a, b in zip(w, y)) / sum(w)
+        w[-1] = eos_weight * sum(w)
     return ids, y, w
 
 

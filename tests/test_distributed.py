@@ -131,7 +131,8 @@ def test_sft_fsdp_resumes_exactly(world, tmp_path):
 
 
 RM_ARGS = ["--data", "data/rm_train.jsonl", "--eval-data", "data/rm_val.jsonl", "--lang", "en", "--warmup", "1",
-           "--eval-every", "2", "--log-every", "1", "--pretext-steps", "2", "--pretext-coef", "0.5"]  # the pretext, then L_rmt + L_pre/2
+           "--eval-every", "2", "--log-every", "1", "--pretext-steps", "2", "--pretext-coef", "0.5",
+           "--pretext-overlap", "1"]  # the pretext (U(C, J) learning J's overlap with C too), then L_rmt + L_pre/2
 
 
 def rm_args(world, *extra):

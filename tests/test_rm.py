@@ -65,6 +65,11 @@ def test_membership_targets_by_hand():
     assert ids[n:] == [java, shanghai, tok.eos_id]
     assert y[n:] == [0.0, 1.0, 0.0] and w[n:] == [idf[java], idf[shanghai], 0.0] and not any(w[:n])
     assert y[:n].count(1.0) == [t in (nurse, shanghai) for t in ids[:n]].count(True) >= 2  # the CV in the prompt
+    # --pretext-overlap: at the EOS, the IDF-weighted share of J's tokens C holds, weighted 0.5 of J's tokens' all
+    same, y_o, w_o = membership_example(tok, "nurse shanghai", "java shanghai", "en", 256, idf, eos_weight=0.5)
+    assert same == ids and y_o[:-1] == y[:-1] and w_o[:-1] == w[:-1]
+    assert y_o[-1] == pytest.approx(idf[shanghai] / (idf[java] + idf[shanghai]))  # ln 2 / (ln 2 + ln 4/3) = 0.707
+    assert w_o[-1] == pytest.approx(0.5 * (idf[java] + idf[shanghai]))
     ids2, y2, w2 = membership_example(tok, "java", "nurse beijing", "en", 256, idf)
     batch_ids, mask, in_cv, weights = membership_batch([(ids, y, w), (ids2, y2, w2)], tok.pad_or_eos_id)
     assert torch.equal(batch_ids[0, : len(ids)], torch.tensor(ids)) and mask.sum().item() == len(ids) + len(ids2)

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -194,6 +195,19 @@ def test_a_signal_in_the_pretext_saves_and_resume_goes_on_exactly(market_and_g, 
             break
     proc.wait(timeout=60)
     assert json.loads((tmp_path / "c-last" / "trainer_state.json").read_text())["step"] == 6
+
+
+def test_pretext_overlap_gives_the_eos_a_target_of_its_own(market_and_g, tmp_path):
+    """--pretext-overlap: the first pretext step of the same U on the same triples has another loss (the EOS's
+    target joins J's tokens') and the same accuracy (which is of J's tokens alone)."""
+    first = {}
+    for overlap in ("0", "1"):
+        r = subprocess.run(pretext_command(market_and_g, tmp_path / overlap, "--pretext-steps", "1", "--max-steps", "1",
+                                           "--eval-every", "1", "--report-seekers", "0", "--pretext-overlap", overlap),
+                           check=True, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        line = next(x for x in r.stdout.splitlines() if x.startswith("step 1/2 "))
+        first[overlap] = {k: float(v) for k, v in re.findall(r"(pretext_loss|acc) (\S+)", line)}
+    assert first["0"]["acc"] == first["1"]["acc"] and abs(first["0"]["pretext_loss"] - first["1"]["pretext_loss"]) > 1e-3, first
 
 
 def membership_accuracy(u, tok, rows):
