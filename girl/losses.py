@@ -44,10 +44,11 @@ def membership_loss(scores: torch.Tensor, in_cv: torch.Tensor, weights: torch.Te
     """L_pre = −Σ_t w_t [y_t log σ(s_t) + (1 − y_t) log(1 − σ(s_t))] / Σ_t w_t   (U's pretext; not in the paper)
 
     s_t [B, T]: U's head read at every position of template(C, J) + EOS; y_t = 1 where the token at t is
-    one of C's tokens; w_t its IDF over the market's JDs at J's tokens and 0 elsewhere (the prompt, the
-    EOS, padding), so that what every JD says counts for nothing and the rare tokens that carry fit (a
-    city, a skill) count most. reduction="sum" gives Σ_t w_t·BCE_t, to divide by the weight of several
-    micro-batches.
+    one of C's tokens; w_t its IDF over the market's JDs at J's tokens and 0 elsewhere (the prompt,
+    padding), so that what every JD says counts for nothing and the rare tokens that carry fit (a city, a
+    skill) count most. At the EOS, w_t = 0, or with --pretext-overlap a soft y_t: how much of J C holds
+    (girl/reward.py membership_example). reduction="sum" gives Σ_t w_t·BCE_t, to divide by the weight of
+    several micro-batches.
     """
     loss = F.binary_cross_entropy_with_logits(scores.float(), in_cv.float(), weight=weights, reduction="sum")
     return loss / weights.sum() if reduction == "mean" else loss
