@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PPO, SAMPLING, MODEL = "tests/test_ppo.py", "tests/test_sampling.py", "tests/test_model.py"
-LEX, REC = "tests/test_lexical.py", "tests/test_recommend.py"
+LEX, REC, TRAIN_REC = "tests/test_lexical.py", "tests/test_recommend.py", "tests/test_train_rec.py"
 MATCHER = ("tests/test_recommend.py::test_late_interaction_by_hand tests/test_recommend.py::test_m0_ignores_jprime_and_m_reads_it "
            "tests/test_recommend.py::test_a_pairs_logit_does_not_depend_on_the_rest_of_its_batch "
            "tests/test_recommend.py::test_one_seeker_against_every_job_is_pair_by_pair "
@@ -145,13 +145,13 @@ FAULTS = [
     ("girl/recommend.py", '        for name in ("proj", "token_weight", "head"):\n            getattr(M, name).load_state_dict',
      '        for name in ("proj", "head"):\n            getattr(M, name).load_state_dict', "the token weights not loaded", MATCHER),
     ("train_rec.py", 'stop_on_signal(f"{args.out} is as it was', 'print(f"{args.out} is as it was',
-     "train_rec.py: Ctrl-C ends it with a traceback", REC + "::test_train_rec_stopped_mid_run_leaves_out_as_it_was"),
+     "train_rec.py: Ctrl-C ends it with a traceback", TRAIN_REC + "::test_train_rec_stopped_mid_run_leaves_out_as_it_was"),
     ("train_rec.py", "with atomic_dir(args.out) as tmp:", "for tmp in [Path(args.out)]:",
-     "train_rec.py writes into --out, beside an older run's files", REC + "::test_train_rec_replaces_out_as_a_whole"),
+     "train_rec.py writes into --out, beside an older run's files", TRAIN_REC + "::test_train_rec_replaces_out_as_a_whole"),
     ("train_rec.py", 'and not (Path(args.out) / "m0" / "matcher.json").is_file():',
-     'and False:', "train_rec.py replaces any folder", REC + "::test_train_rec_will_not_replace_a_folder_of_something_else"),
+     'and False:', "train_rec.py replaces any folder", TRAIN_REC + "::test_train_rec_will_not_replace_a_folder_of_something_else"),
     ("girl/cli.py", "    if room < 1:", "    if room < -10**9:", "no room for a CV goes unsaid",
-     REC + "::test_train_rec_with_no_room_for_a_cv_says_so"),
+     TRAIN_REC + "::test_train_rec_with_no_room_for_a_cv_says_so"),
     ("girl/lm/checkpoint.py", "if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():",
      "if False:", "nan weights load", "tests/test_bad_input.py::test_non_finite_weights_are_refused_naming_the_file_and_tensor"),
     ("girl/lm/hf.py", '(type(fields[field]) is not int or fields[field] < (field != "head_dim"))',
@@ -166,16 +166,16 @@ FAULTS = [
      "two runs may write one output", "tests/test_bad_input.py::test_two_runs_cannot_write_one_output"),
     ("train_rec.py", "    if best is None or not v[\"score\"] <= best[0][\"score\"]:",
      "    if True:", "stage 4 keeps the last step, not the best on validation",
-     "tests/test_recommend.py::test_train_rec_keeps_the_best_validation_step"),
+     "tests/test_train_rec.py::test_train_rec_keeps_the_best_validation_step"),
     ("train_rec.py", "    best = check(M, name, 0, None)", "    best = None",
-     "stage 4 never considers the start", "tests/test_recommend.py::test_train_rec_keeps_the_best_validation_step"),
+     "stage 4 never considers the start", "tests/test_train_rec.py::test_train_rec_keeps_the_best_validation_step"),
     ("girl/files.py", "json.dumps(_finite(obj), indent=2", "json.dumps(obj, indent=2",
      "metrics.json with a bare NaN", "tests/test_bad_input.py::test_metrics_without_a_number_are_valid_json"),
     ("girl/market/splits.py", '    (out / "market.json").unlink(missing_ok=True)', "    pass",
      "a market build cut short is taken for a market", "tests/test_market.py::test_a_build_cut_short_is_never_taken_for_a_market"),
     ("train_rec.py", "    lc, lj = lexical.cosine(cvs_r, jds_r), lexical.cosine([jprime[c] for c in cvs_r], jds_r)",
      "    lc, lj = lexical.cosine(cvs_r, jds_r[::-1]), lexical.cosine([jprime[c] for c in cvs_r], jds_r)", "the lexical rows score other pairs",
-     "tests/test_recommend.py::test_train_rec_on_a_tiny_market"),
+     "tests/test_train_rec.py::test_train_rec_on_a_tiny_market"),
     # validation is not test
     ("girl/cli.py", 'read_jsonl(folder / f"{schema}_val.jsonl", schema), folder)',
      'read_jsonl(folder / f"{schema}_test.jsonl", schema), folder)', "SFT and U choose on the test seekers",
@@ -194,9 +194,9 @@ FAULTS = [
     ("girl/data.py", "            files[\"rec_train\"] += seen", "            files[\"sft_train\"] += [{\"cv\": cv, \"jd\": j} for j in pos]",
      "M's seekers given to G", "tests/test_sft.py::test_build_from_interaction_log_gives_every_part_accepted_applications"),
     ("generate.py", "if made_by and m_args.get(\"generator_sha256\") not in (None, weights_digest(made_by)):", "if False:",
-     "--recommend feeds M a G trained again since", "tests/test_recommend.py::test_generate_feeds_m_the_j_prime_of_its_own_g"),
+     "--recommend feeds M a G trained again since", "tests/test_train_rec.py::test_generate_feeds_m_the_j_prime_of_its_own_g"),
     ("train_rec.py", "args.generator_sha256 = cache.generator_sha256", "args.generator_sha256 = None",
-     "the matcher does not record its G's weights", "tests/test_recommend.py::test_generate_feeds_m_the_j_prime_of_its_own_g"),
+     "the matcher does not record its G's weights", "tests/test_train_rec.py::test_generate_feeds_m_the_j_prime_of_its_own_g"),
     ("girl/ranking.py", "    tied = np.flatnonzero(np.r_[True, (gs[1:] != gs[:-1]) | (ss[1:] != ss[:-1])])",
      "    tied = np.flatnonzero(np.r_[True, (ss[1:] != ss[:-1])])", "GAUC: equal scores of two seekers tied",
      "tests/test_recommend.py::test_gauc_averages_seekers_with_both_labels tests/test_lexical.py::test_gauc_is_the_mean_of_sklearns_auc_per_seeker"),

@@ -13,9 +13,11 @@ steps) and measures them on the test seekers, with paired bootstrap intervals ov
 subprocess of one thread, --jobs at once,
 seed by seed, so that the runs done at any time cover every size and market. Each run's folder (its matchers
 and metrics.json) is RUNS/<market>/<seekers>-s<seed>-d<draw>/, and an interrupted bench goes on where it
-stopped. Writes OUT/rec-curve.json (every run's numbers), OUT/rec-curve.md (per size: M0 → M, the mean of
-M − M0 over runs with their standard deviation, how many runs' intervals lie above / below zero, and the
-lexical references) and OUT/rec-curve.png (needs matplotlib; no stage imports it).
+stopped. With --keep an earlier rec-curve.json stands in for run folders that are gone (a new machine): its runs
+count as done and join the report; a run both kept and in RUNS must give the same numbers (train_rec.py is
+bit-reproducible), or the report stops. Writes OUT/rec-curve.json (every run's numbers), OUT/rec-curve.md
+(per size: M0 → M, the mean of M − M0 over runs with their standard deviation, how many runs' intervals lie
+above / below zero, and the lexical references) and OUT/rec-curve.png (needs matplotlib; no stage imports it).
 """
 
 import argparse
@@ -44,20 +46,34 @@ p.add_argument("--draws", default="0,1", help="draws of the subset of seekers (d
 p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default: 2)")
 p.add_argument("--runs", default="ckpt/rec-curve", help="folder of the runs (default: ckpt/rec-curve)")
 p.add_argument("--out", default="bench/results", help="folder of the results (default: bench/results)")
+p.add_argument("--keep", help="an earlier rec-curve.json whose runs count as done (checked against any rerun of them)")
 p.add_argument("--report", action="store_true", help="only write the table and the figure of the runs done")
 args = p.parse_args()
 out, runs = Path(args.out), Path(args.runs)
 markets = {m.split("=")[0]: m.split("=", 1)[1].split(":") for m in args.markets}
+kept = json.loads(Path(args.keep).read_text(encoding="utf-8")) if args.keep else []
+
+
+def key(r: dict | tuple) -> tuple:
+    """(market, training seekers, seed, draw) of a report row, or of a planned run (seekers None: all of them)."""
+    if isinstance(r, tuple):
+        name, seekers, seed, draw, total = r
+        return name, seekers or total, seed, draw
+    return r["market"], r["seekers"], r["seed"], r["draw"]
 
 
 def folder(name: str, seekers: int | None, seed: int, draw: int) -> Path:
     return runs / name / f"{seekers or 'all'}-s{seed}-d{draw}"
 
 
-def run(name: str, seekers: int | None, seed: int, draw: int):
+def done(planned: tuple) -> bool:
+    return (folder(*planned[:4]) / "metrics.json").is_file() or key(planned) in {key(r) for r in kept}
+
+
+def run(name: str, seekers: int | None, seed: int, draw: int, total: int):
     market_dir, generator = markets[name]
     f = folder(name, seekers, seed, draw)
-    if (f / "metrics.json").is_file():
+    if done((name, seekers, seed, draw, total)):
         return
     cmd = [sys.executable, str(ROOT / "train_rec.py"), "--market-dir", market_dir, "--generator", generator,
            "--seed", str(seed), "--draw", str(draw), "--out", str(f), "--no-scratch", "--eval-every", "50",
@@ -82,7 +98,15 @@ def report():
     out.mkdir(parents=True, exist_ok=True)
     rows = [row(name, f) for name in markets for f in sorted((runs / name).glob("*-s*-d*"))
             if (f / "metrics.json").is_file()]
-    rows.sort(key=lambda r: (r["market"], r["seekers"], r["seed"], r["draw"]))
+    rerun = {key(r): r for r in rows}
+    for r in kept:
+        if key(r) not in rerun:
+            rows.append(r)
+        elif {k: v for k, v in rerun[key(r)].items() if k != "seconds"} != {k: v for k, v in r.items() if k != "seconds"}:
+            sys.exit(f"{args.keep}: the run {key(r)} gave other numbers when it ran again in {args.runs}")
+        else:
+            print(f"{key(r)}: the rerun gives the kept numbers exactly")
+    rows.sort(key=key)
     (out / "rec-curve.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     lines = []
     for name in markets:
@@ -170,10 +194,10 @@ if not args.report:
         rec = [json.loads(x) for x in (Path(market_dir) / "rec_train.jsonl").read_text(encoding="utf-8").splitlines()]
         total[name] = len({r["cv"] for r in rec})  # the RM split's seekers: none of them in G's SFT data
     seeds, draws = [int(x) for x in args.seeds.split(",")], [int(x) for x in args.draws.split(",")]
-    plan = [(name, None if float(share) >= 1 else max(2, round(float(share) * total[name])), seed, draw)
+    plan = [(name, None if float(share) >= 1 else max(2, round(float(share) * total[name])), seed, draw, total[name])
             for seed in seeds for draw in draws for share in args.shares.split(",") for name in markets
             if float(share) < 1 or draw == draws[0]]
-    print(f"{len(plan)} runs of train_rec.py, {args.jobs} at once", flush=True)
+    print(f"{len(plan)} runs of train_rec.py, {sum(not done(x) for x in plan)} to do, {args.jobs} at once", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda x: run(*x), plan))
 report()

@@ -1,7 +1,7 @@
 """Validation is not test: the training scripts choose on the market's validation seekers and never read its
 test seekers. The test seekers' files are made unreadable, and stages 1–3 still run on their defaults; the
 validation seekers are a part of their own. (Stage 4 reads its test seekers for its final report only: see
-test_recommend.py's test_train_rec_chooses_nothing_on_the_test_seekers.)"""
+test_train_rec.py's test_train_rec_chooses_nothing_on_the_test_seekers.)"""
 
 import json
 import os
