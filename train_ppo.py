@@ -77,7 +77,7 @@ p.add_argument("--lr", type=POSITIVE, help="actor learning rate (default: 1e-4 b
 p.add_argument("--critic-lr", type=POSITIVE, help="critic learning rate (default: 3x the actor's)")
 p.add_argument("--weight-decay", type=NONNEGATIVE, default=0.0, help="AdamW decay of weight matrices (default: 0)")
 p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip each model's gradient norm to this (default: 1)")
-p.add_argument("--seed", type=COUNT0, default=0, help="seed of prompts order, sampling and the market (default: 0)")
+p.add_argument("--seed", type=COUNT0, default=0, help="seed of prompts order and sampling (default: 0)")
 # Evaluation
 p.add_argument("--eval-cvs", type=COUNT, default=200, help="held-out CVs scored before and after (default: 200)")
 p.add_argument("--eval-every", type=COUNT0, default=0, help="also evaluate every N iterations; 0: only before/after")
@@ -100,7 +100,7 @@ rank, world, device, autocast = run.rank, run.world, run.device, run.autocast
 # ----------------------------------------------------------------------------- data
 try:
     if args.data is None or args.eval_data is None:
-        mdir = market.ensure(args.market_dir, args.lang, args.seed) if rank == 0 else Path(args.market_dir)
+        mdir = market.ensure(args.market_dir, args.lang, args.market_seed) if rank == 0 else Path(args.market_dir)
         barrier(world)  # rank 0 builds the market, once
     train_rows = read_jsonl(args.data or mdir / "ppo.jsonl", "ppo")
     eval_rows = read_jsonl(args.eval_data or mdir / "val.jsonl", "ppo")[: args.eval_cvs]

@@ -127,7 +127,7 @@ args.lang = train_args(generator).get("lang") or args.lang
 mdir = None
 try:
     if args.data is None:
-        mdir = market.ensure(args.market_dir, args.lang, seed=None)
+        mdir = market.ensure(args.market_dir, args.lang, args.market_seed)
     rows = read_jsonl(args.data or mdir / "rec_train.jsonl", "interactions")
     val = read_jsonl(args.val_data or mdir / "interactions_val.jsonl", "interactions") if args.val_data or mdir else []
     exclude = args.exclude_cvs or (mdir / "sft_train.jsonl" if mdir else None)

@@ -71,6 +71,8 @@ COUNT, COUNT0 = number(int, 1, inclusive=True), number(int, 0, inclusive=True)  
 def add_market_flags(p):
     p.add_argument("--market-dir", default="data", help="folder of the synthetic market, built on first use (default: data)")
     p.add_argument("--lang", default="zh", choices=list(TEMPLATE), help="prompt and market language (default: zh)")
+    p.add_argument("--market-seed", type=COUNT0, help="seed of the market: the one built when --market-dir holds none "
+                   "(default: 0), refused if the folder holds another; unset, the market there is used whatever its seed")
 
 
 def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, eval_every: int, out: str):
@@ -87,7 +89,7 @@ def add_training_flags(p, unit: str, lr_builtin: float, lr_pretrained: float, ev
     p.add_argument("--grad-clip", type=POSITIVE, default=1.0, help="clip the gradient norm to this (default: 1.0)")
     p.add_argument("--epochs", type=POSITIVE, default=1.0, help=f"passes over the training {unit} (default: 1)")
     p.add_argument("--max-steps", type=COUNT, help="optimizer steps; overrides --epochs")
-    p.add_argument("--seed", type=COUNT0, default=0, help="seed of the data order, the init and the market (default: 0)")
+    p.add_argument("--seed", type=COUNT0, default=0, help="seed of the data order and the init (default: 0)")
     p.add_argument("--eval-every", type=COUNT, default=eval_every,
                    help=f"evaluate (and save) every N steps (default: {eval_every})")
     p.add_argument("--out", default=out, help=f"best checkpoint (default: {out})")
@@ -319,7 +321,7 @@ def load_rows(args, schema: str, run: Run):
     """
     try:
         if args.data is None:
-            folder = market.ensure(args.market_dir, args.lang, args.seed) if run.rank == 0 else Path(args.market_dir)
+            folder = market.ensure(args.market_dir, args.lang, args.market_seed) if run.rank == 0 else Path(args.market_dir)
             barrier(run.world)
             return (read_jsonl(folder / f"{schema}_train.jsonl", schema),
                     read_jsonl(folder / f"{schema}_val.jsonl", schema), folder)

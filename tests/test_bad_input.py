@@ -53,6 +53,7 @@ def test_number_types_take_what_they_say_and_nothing_else():
     ("train_ppo.py", "--kl-coef", "nan", "argument --kl-coef: must be finite and >= 0, got nan"),
     ("train_rec.py", "--seed", "-1", "argument --seed: must be >= 0, got -1"),  # numpy's generator takes no -1
     ("train_sft.py", "--seed", "-1", "argument --seed: must be >= 0, got -1"),
+    ("train_ppo.py", "--market-seed", "-2", "argument --market-seed: must be >= 0, got -2"),
 ])
 def test_every_script_checks_its_numbers_at_parse_time(tmp_path, script, flag, value, message):
     r = run(script, flag, value, cwd=tmp_path)
@@ -140,6 +141,19 @@ def test_a_script_on_a_market_of_the_other_language_says_so(market, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"error: {market / 'market.json'}: this folder holds the market of lang en, seed 0, not zh" in r.stderr
     assert {p.name: p.read_bytes() for p in market.iterdir()} == before
+
+
+def test_the_training_seed_is_not_the_market_seed(market, tmp_path):
+    """--seed 1 trains on the seed-0 market already in --market-dir (a seed of the run, not of its data: a spread
+    over training seeds on one market); --market-seed 1 asks for another market and is refused, the folder untouched."""
+    before = {p.name: p.read_bytes() for p in market.iterdir()}
+    common = ["--market-dir", market, "--lang", "en", "--oracle-cvs", "0", "--max-steps", "1", "--eval-every", "1"]
+    r = run("train_sft.py", *common, "--seed", "1", "--out", tmp_path / "o")
+    assert r.returncode == 0 and (tmp_path / "o" / "model.safetensors").is_file(), r.stderr
+    r = run("train_sft.py", *common, "--market-seed", "1", "--out", tmp_path / "p")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "holds the market of lang en, seed 0, not en, seed 1; give --lang en (and --market-seed 0)" in r.stderr
+    assert not (tmp_path / "p").exists() and {p.name: p.read_bytes() for p in market.iterdir()} == before
 
 
 HOLD = "import sys; from girl.files import lock_output; assert lock_output(sys.argv[1]) is None; print('held', flush=True); input()"

@@ -249,11 +249,11 @@ def test_a_build_cut_short_is_never_taken_for_a_market(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("lang, seed", [("zh", None), ("en", 1)])
 def test_a_market_of_another_lang_or_seed_is_refused_not_rebuilt(tmp_path, lang, seed):
-    """--lang zh or --seed 1 with the folder of an en, seed-0 market: the checkpoints trained on it would no
+    """--lang zh or --market-seed 1 with the folder of an en, seed-0 market: the checkpoints trained on it would no
     longer match their data, so the folder is left as it is and the error says what to pass."""
     from girl.market import MarketError, ensure
     build(tmp_path, "en", seed=0, n_jobs=50, seekers=dict(sft=5, rm=5, ppo=2, test=2, val=2))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(MarketError, match=r"holds the market of lang en, seed 0.*give --lang en \(and --seed 0\)"):
+    with pytest.raises(MarketError, match=r"holds the market of lang en, seed 0.*give --lang en \(and --market-seed 0\)"):
         ensure(tmp_path, lang, seed)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

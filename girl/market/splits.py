@@ -102,7 +102,7 @@ def ensure(out_dir, lang: str = "zh", seed: int | None = 0) -> Path:
         if m.get("lang") != lang or seed not in (None, m.get("seed")):
             asked = lang + ("" if seed is None else f", seed {seed}")
             raise MarketError(f"{meta}: this folder holds the market of lang {m.get('lang')}, seed {m.get('seed')}, not "
-                              f"{asked}; give --lang {m.get('lang')} (and --seed {m.get('seed')}) to use it, or another "
+                              f"{asked}; give --lang {m.get('lang')} (and --market-seed {m.get('seed')}) to use it, or another "
                               "--market-dir for a new market")
         if all((out / f"{name}.jsonl").is_file() for name in ("rec_train", *HELD_OUT)):
             return out
