@@ -51,29 +51,30 @@ p.add_argument("--report", action="store_true", help="only write the table and t
 args = p.parse_args()
 out, runs = Path(args.out), Path(args.runs)
 markets = {m.split("=")[0]: m.split("=", 1)[1].split(":") for m in args.markets}
-kept = json.loads(Path(args.keep).read_text(encoding="utf-8")) if args.keep else []
 
 
-def key(r: dict | tuple) -> tuple:
-    """(market, training seekers, seed, draw) of a report row, or of a planned run (seekers None: all of them)."""
-    if isinstance(r, tuple):
-        name, seekers, seed, draw, total = r
-        return name, seekers or total, seed, draw
+def key(r: dict) -> tuple:
+    """A report row's (market, training seekers, seed, draw)."""
     return r["market"], r["seekers"], r["seed"], r["draw"]
+
+
+kept = json.loads(Path(args.keep).read_text(encoding="utf-8")) if args.keep else []
+kept_keys = {key(r) for r in kept}
 
 
 def folder(name: str, seekers: int | None, seed: int, draw: int) -> Path:
     return runs / name / f"{seekers or 'all'}-s{seed}-d{draw}"
 
 
-def done(planned: tuple) -> bool:
-    return (folder(*planned[:4]) / "metrics.json").is_file() or key(planned) in {key(r) for r in kept}
+def done(name: str, seekers: int | None, seed: int, draw: int, total: int) -> bool:
+    """Whether a planned run (seekers None: all `total` of them) has its folder in RUNS or a row in --keep."""
+    return (folder(name, seekers, seed, draw) / "metrics.json").is_file() or (name, seekers or total, seed, draw) in kept_keys
 
 
 def run(name: str, seekers: int | None, seed: int, draw: int, total: int):
     market_dir, generator = markets[name]
     f = folder(name, seekers, seed, draw)
-    if done((name, seekers, seed, draw, total)):
+    if done(name, seekers, seed, draw, total):
         return
     cmd = [sys.executable, str(ROOT / "train_rec.py"), "--market-dir", market_dir, "--generator", generator,
            "--seed", str(seed), "--draw", str(draw), "--out", str(f), "--no-scratch", "--eval-every", "50",
@@ -197,7 +198,7 @@ if not args.report:
     plan = [(name, None if float(share) >= 1 else max(2, round(float(share) * total[name])), seed, draw, total[name])
             for seed in seeds for draw in draws for share in args.shares.split(",") for name in markets
             if float(share) < 1 or draw == draws[0]]
-    print(f"{len(plan)} runs of train_rec.py, {sum(not done(x) for x in plan)} to do, {args.jobs} at once", flush=True)
+    print(f"{len(plan)} runs of train_rec.py, {sum(not done(*x) for x in plan)} to do, {args.jobs} at once", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda x: run(*x), plan))
 report()
