@@ -203,7 +203,8 @@ for it in range(state["iteration"], args.iterations):
         batch = rollout(actor, my_prompts, args.max_new_tokens, tok.eos_id, tok.pad_or_eos_id,
                         args.temperature, rngs)
     tokens, _, _ = decoded(tok, batch.response, batch.mask)
-    raw = token_scores(U, my_prompts, tokens, tok.eos_id, tok.pad_or_eos_id, autocast)  # U reads G's tokens
+    my_cvs = [train_rows[i]["cv"] for i in mine]
+    raw = token_scores(U, tok, my_prompts, my_cvs, tokens, args.lang, autocast)  # U reads G's tokens
     batch = ppo.gather_rollout(batch, max(map(len, prompts)), tok.pad_or_eos_id, world)  # the whole batch, everywhere
     raw = ppo.gather_rows(raw, world)
     if state["score_mean"] is None:  # U's scale, measured once on G's first rollouts (see ppo.shaped_scores)

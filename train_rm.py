@@ -1,23 +1,21 @@
 """Stage 2, RMT: train the reward model U on recruiter feedback (GIRL §3.2).
 
-    python train_rm.py                                    # built-in U (smaller than G), recruiter comparisons of G's samples
+    python train_rm.py                                    # built-in U (smaller than G): the log + comparisons of G's samples
     python train_rm.py --feedback log                     # the paper's data alone: the application log's triples
     python train_rm.py --model Qwen/Qwen2.5-0.5B --data triples.jsonl --sft ckpt/sft
     python train_rm.py --resume                           # continue an interrupted run
     torchrun --nproc_per_node 4 train_rm.py [--fsdp]      # several GPUs: DDP, or U sharded (FSDP2)
 
-U(C, J) reads template(C, J) + EOS and gives one scalar. It learns from (C, J+, J−) triples, J+ accepted
-and J− rejected by a recruiter for the same CV, with L_rmt = −log σ(U(C, J+) − U(C, J−)) (girl/losses.py).
-On the market, by default, the triples are a recruiter's comparisons of G's own samples: K J′ per CV,
-each pair judged by the market's simulated recruiter (InstructGPT's recipe). A U trained on the
-application log alone never sees the kind of text PPO asks it to score, and PPO against it makes G
-worse (README, stage 2 and 3). Beside them, for every training CV, the recruiter compares a JD it accepted
-with random JDs of the market if asked (--random-jobs), mostly of another field: the negatives no
-application log holds. With --pretext-steps, U first learns which of J's tokens C holds (its head read at
-each of J's tokens, weighted by the token's IDF over the JDs), then L_rmt. At the end the best U stands
-beside the training-free lexical score and the oracle on the validation seekers (metrics.json "judges"):
-their held-out triples, their best market job against a random one, and
-the jobs the lexical score retrieves for them, re-ranked.
+U(C, J) reads template(C, J), a line of the tokens of J that C holds, and EOS, and gives one scalar
+(girl/reward.py). It learns from (C, J+, J−) triples, J+ accepted and J− rejected by a recruiter for the same
+CV, with L_rmt = −log σ(U(C, J+) − U(C, J−)) (girl/losses.py). On the market, by default, the triples are
+the application log's (the paper's data) and a recruiter's comparisons of G's own samples: K J′ per CV, each
+pair judged by the market's simulated recruiter (InstructGPT's recipe), so that U has seen the kind of text
+PPO asks it to score. For every training CV the recruiter can also compare a JD it accepted with random JDs
+of the market (--random-jobs), mostly of another field: the negatives no application log holds. At the end
+the best U stands beside the training-free lexical score and the oracle on the validation seekers
+(metrics.json "judges"): their held-out triples, their best market job against a random one, and the jobs
+the lexical score retrieves for them, re-ranked.
 The built-in U shares G's tokenizer (read from --sft) and is smaller than G. Writes --out (default
 ckpt/rm): the best U by held-out loss as a Hugging Face *ForSequenceClassification folder (num_labels 1,
 opens in transformers), with train_args.json and metrics.json; --out-last holds the resumable state.
@@ -39,8 +37,8 @@ from girl.lm.checkpoint import load_model, open_folder
 from girl.lm.hub import HubError
 from girl.lm.model import RewardModel, Transformer
 from girl.lm.tokenizer import Tokenizer
-from girl.losses import membership_loss, rm_loss
-from girl.reward import encode_triples, membership_batch, membership_example, pair_scores, token_idf
+from girl.losses import rm_loss
+from girl.reward import encode_triples, pair_scores
 from girl.template import prompt_ids
 from girl.training import Progress, StopRequest, global_sum, lr_at, set_lr, step_indices
 
@@ -61,7 +59,7 @@ p.add_argument("--max-len", type=COUNT, default=256, help="tokens per scored seq
 p.add_argument("--feedback", choices=["samples", "log", "both"],
                help="what U learns from: 'samples', a simulated recruiter's comparisons of G's own J′ (market only); "
                     "'log', the (C, J+, J−) triples of --data or the market's application log; 'both' "
-                    "(default: samples on the market, log with --data)")
+                    "(default: both on the market, log with --data)")
 p.add_argument("--samples-per-cv", type=COUNT0, default=4, help="J′ sampled from G per CV; every pair is compared (default: 4)")
 p.add_argument("--sample-cvs", type=COUNT0, default=1200, help="training CVs given sampled J′ (the market has 1397); "
                                                        "200 held-out CVs get them too, for evaluation (default: 1200)")
@@ -71,30 +69,14 @@ p.add_argument("--sample-temperature", type=POSITIVE, default=1.0,
 p.add_argument("--max-new-tokens", type=COUNT, default=96, help="J′ length limit when sampling (default: 96)")
 p.add_argument("--random-jobs", type=COUNT0, default=0,
                help="comparisons per training CV of a JD accepted for it with a random JD of the market, judged by the "
-                    "simulated recruiter (market only): most are of another field, a negative no application log holds. "
-                    "With 2, U orders a seeker's best job above a random one (0.92 against 0.55) but G's samples and the "
-                    "log's triples worse, and PPO against it gains less (README, stage 2) (default: 0)")
+                    "simulated recruiter (market only): most are of another field, a negative no application log holds "
+                    "(default: 0; reading the shared line, U orders a seeker's best job above a random one 0.955-0.985 "
+                    "of the time without them, README stage 2)")
 p.add_argument("--report-seekers", type=COUNT0, default=200,
                help="validation seekers on whose real jobs the final U is reported beside the lexical reference and "
                     "the oracle (market only; 0: none) (default: 200)")
 p.add_argument("--candidates", type=COUNT, default=50,
                help="jobs the lexical score retrieves for each of them, which U then re-ranks (default: 50)")
-p.add_argument("--pretext-steps", type=COUNT0, default=0,
-               help="steps before L_rmt in which U's head, read at each of J's tokens, learns whether C holds that "
-                    "token, weighted by the token's IDF over the JDs (girl/losses.py membership_loss), on the training "
-                    "triples' sequences at a constant --lr; a matching circuit forms after ~600-900 steps. With 1200 "
-                    "and --pretext-coef 1, the default's U orders a seeker's best job above a random one 0.915, 0.465, "
-                    "0.755 of the time in seeds 0-2 (the default: 0.565, 0.575, 0.465; validation; README, stage 2) "
-                    "(default: 0, none)")
-p.add_argument("--pretext-coef", type=NONNEGATIVE, default=0.0,
-               help="λ: keep the pretext's loss on beside L_rmt, L = L_rmt + λ·L_pre on the same triples (U's head read "
-                    "at J's tokens for L_pre, at the EOS for U(C, J)); without it, what U learns after the pretext "
-                    "undoes it (default: 0)")
-p.add_argument("--pretext-overlap", type=NONNEGATIVE, default=0.0,
-               help="in the pretext, U(C, J) itself, read at the EOS, also learns how much of J C holds (the IDF-"
-                    "weighted share of J's tokens in C, a soft target), with this weight against all of J's tokens "
-                    "together. With 1 beside --pretext-steps 1200 --pretext-coef 1, seeds 0-2: triples 0.614-0.671, "
-                    "a seeker's best job above a random one 0.825-0.875 (README, stage 2) (default: 0, none)")
 # Optimization, evaluation, output
 add_training_flags(p, "triples", lr_builtin=1e-3, lr_pretrained=1e-5, eval_every=200, out="ckpt/rm")
 p.add_argument("--margin", type=NONNEGATIVE, default=0.0, help="m in −log σ(r+ − r− − m) (default: 0, the paper's loss)")
@@ -108,7 +90,7 @@ rank, world, device, autocast = run.rank, run.world, run.device, run.autocast
 # ----------------------------------------------------------------------------- data
 train_rows, eval_rows, mdir = load_rows(args, "rm", run)
 on_market = mdir is not None
-args.feedback = args.feedback or ("samples" if on_market else "log")
+args.feedback = args.feedback or ("both" if on_market else "log")
 if args.feedback != "log" and not on_market:
     fail(f"--feedback {args.feedback} needs the market's simulated recruiter; with your own --data use --feedback log "
          "(or collect recruiters' comparisons of G's samples as (C, J+, J−) triples yourself)")
@@ -191,23 +173,10 @@ if comparisons["eval"]:
 log(f"data: {len(train)} training triples, {' + '.join(str(len(e)) for e in evals.values())} held-out; sequences cut "
     f"to --max-len {args.max_len}: {cut}", rank=rank)
 
-# ----------------------------------------------------------------------------- the pretext's targets
-# for each training triple, (C, J+) and (C, J−) with which of their tokens C holds and each J token's IDF over the
-# JDs (the market's, or those of --data): the pretext reads the sequences L_rmt then reads
-pretext = []
-if args.pretext_steps or args.pretext_coef:
-    idf = token_idf(tok, market.load_jobs(mdir)[0] if on_market
-                    else list(dict.fromkeys(r[k] for r in train_triples for k in ("jd_pos", "jd_neg"))))
-    pretext = [[membership_example(tok, r["cv"], r[k], args.lang, args.max_len, idf, args.pretext_overlap)
-                for k in ("jd_pos", "jd_neg")]
-               for r in train_triples]
-
 # ----------------------------------------------------------------------------- optimizer
 state = {"step": 0, "best_eval_loss": float("inf"), "train_tokens": 0, "initial_eval": None}
 raw_model = model
-model, optimizer, rmt_steps, state = start_training(raw_model, args, run, len(train), "triples", state, resume)
-P = args.pretext_steps
-max_steps = P + rmt_steps
+model, optimizer, max_steps, state = start_training(raw_model, args, run, len(train), "triples", state, resume)
 
 # ----------------------------------------------------------------------------- training loop
 # held-out loss and accuracy on real JDs and, when there are any, on G's samples; `loss` (their mean) picks the best U
@@ -219,50 +188,10 @@ progress = Progress(max_steps, args.log_every, enabled=rank == 0, start_step=sta
 stop = StopRequest()  # SIGINT/SIGTERM: save at the end of the step and exit
 
 
-def pretext_backward(indices: list[list[int]], coef: float = 1.0) -> dict:
-    """coef · L_pre of the step's triples (both sequences of each; this rank's micro-batches of indices) backward,
-    scaled so that the step's gradient is that of one batch of every rank's; its loss, weighted accuracy and
-    tokens over every rank."""
-    micro = [membership_batch([e for i in idx for e in pretext[i]], pad_id) for idx in indices]
-    weight = global_sum(sum(w.sum().item() for *_, w in micro), world, device)
-    loss_sum, correct, judged, tokens = 0.0, 0.0, 0.0, 0
-    for ids, mask, in_cv, w in micro:
-        ids, mask, in_cv, w = ids.to(device), mask.to(device), in_cv.to(device), w.to(device)
-        with autocast():
-            scores = model(ids, attention_mask=mask, every_position=True)
-        loss = membership_loss(scores, in_cv, w, reduction="sum") * world / weight
-        (coef * loss).backward()
-        loss_sum += loss.item() / world
-        w_tokens = w.clone()  # the accuracy is of J's tokens, not of the EOS's share (--pretext-overlap)
-        w_tokens[torch.arange(len(w)), mask.sum(1) - 1] = 0  # right-padded: each sequence's EOS is its last token
-        correct += (((scores > 0).float() == in_cv).float() * w_tokens).sum().item()
-        judged += w_tokens.sum().item()
-        tokens += int(mask.sum())
-    sums = global_sum({"loss": loss_sum, "correct": correct, "judged": judged, "tokens": tokens}, world, device)
-    return {"loss": sums["loss"], "accuracy": sums["correct"] / sums["judged"], "tokens": sums["tokens"]}
-
-
 t_start = time.time()
 for step in range(state["step"], max_steps):
-    # the pretext's steps and L_rmt's each start from the first triples of the same shuffle
-    indices = step_indices(step if step < P else step - P, len(train), args.batch_size, args.grad_accum, args.seed,
-                           rank, world)
-    if step < P:  # the pretext: U's head at each of J's tokens says whether C holds it
-        lr = args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
-        set_lr(optimizer, lr)
-        pre = pretext_backward(indices)
-        grad_norm = optimizer_step(raw_model, optimizer, args, step, pre["loss"])
-        state["train_tokens"] += int(pre["tokens"])
-        state["step"], state["pretext_accuracy"] = step + 1, pre["accuracy"]
-        progress.step(step, int(pre["tokens"]), pretext_loss=pre["loss"], acc=pre["accuracy"], lr=lr, grad_norm=grad_norm)
-        if step + 1 == P:  # a resumed run never does the pretext twice
-            save_state(args, run, raw_model, tok, optimizer, state)
-            barrier(world)
-        if stop.requested(world, device):
-            stop.exit(f"step {step + 1} (pretext)", args.out_last, rank, world,
-                      save=lambda: save_state(args, run, raw_model, tok, optimizer, state))
-        continue
-    lr = lr_at(step - P, rmt_steps, args.lr, args.warmup)
+    indices = step_indices(step, len(train), args.batch_size, args.grad_accum, args.seed, rank, world)
+    lr = lr_at(step, max_steps, args.lr, args.warmup)
     set_lr(optimizer, lr)
     micro = [[train[i] for i in idx] for idx in indices]
     n_pairs = global_sum(sum(map(len, micro)), world, device)  # the step's pairs over every rank (see train_sft.py)
@@ -276,16 +205,11 @@ for step in range(state["step"], max_steps):
         tokens += sum(len(p) + len(n) for p, n in pairs)
     step_sums = global_sum({"loss": loss_sum, "correct": correct, "tokens": tokens}, world, device)
     loss_sum, tokens = step_sums["loss"], int(step_sums["tokens"])
-    pre = {}
-    if args.pretext_coef:  # the pretext kept on beside L_rmt: L = L_rmt + λ·L_pre on the same triples
-        pre = pretext_backward(indices, args.pretext_coef)
-        state["pretext_accuracy"] = pre["accuracy"]
-    grad_norm = optimizer_step(raw_model, optimizer, args, step, loss_sum + args.pretext_coef * pre.get("loss", 0.0))
+    grad_norm = optimizer_step(raw_model, optimizer, args, step, loss_sum)
     state["train_tokens"] += tokens
     state["step"] = step + 1
-    progress.step(step, tokens, loss=loss_sum, acc=step_sums["correct"] / n_pairs,
-                  **({"pretext_loss": pre["loss"]} if pre else {}), lr=lr, grad_norm=grad_norm)
-    if (step + 1 - P) % args.eval_every == 0 or step + 1 == max_steps:
+    progress.step(step, tokens, loss=loss_sum, acc=step_sums["correct"] / n_pairs, lr=lr, grad_norm=grad_norm)
+    if (step + 1) % args.eval_every == 0 or step + 1 == max_steps:
         if run.takes_part:
             e = evaluation.rm_eval(raw_model, evals, pad_id, args.batch_size, args.margin, args.center_coef, autocast)
             improved = save_at_eval(args, run, state, e["loss"], raw_model, tok, optimizer, best_eval=e)
@@ -306,7 +230,7 @@ if rank == 0:
                "eval_pairs": len(evals[""]), "samples_eval_pairs": len(evals.get("samples_", [])),
                "samples_train_pairs": len(comparisons["train"]), "random_job_pairs": len(comparisons.get("random_jobs", [])),
                "train_pairs": len(train), "u_parameters": u_parameters, "g_parameters": g_parameters,
-               "steps": state["step"], "pretext_steps": P, "pretext_accuracy": state.get("pretext_accuracy"), "train_tokens": state["train_tokens"], "train_seconds": train_seconds,
+               "steps": state["step"], "train_tokens": state["train_tokens"], "train_seconds": train_seconds,
                "tokens_per_sec": progress.tokens / max(train_seconds, 1e-9), "sequences_cut": cut}
     # how often the true f agrees with the recruiter on these pairs: the ceiling their noise allows
     for prefix, rows in (("", eval_rows if on_market else []), ("samples_", comparisons["eval"])):

@@ -20,6 +20,8 @@ train_sft.py (it reads data/ and ckpt/sft):
     PYTHONPATH=. python bench/rm_lab.py --market-dir /tmp/bigm --log --steps 2200 --eval-every 550  # 10x the log
 
 A lab script, not a stage: one thread, no checkpoint, a plain AdamW loop with train_rm.py's learning-rate schedule.
+U's input is girl.reward.u_input's: since the shared line (after commit a02b2bf) it ends with the tokens of J that C
+holds; every line of rm-lab.jsonl was logged before, with U reading template(C, J) + EOS (check out a02b2bf to rerun one).
 """
 
 import argparse

@@ -3,7 +3,6 @@ PPO's are built from.
 
     L_sft = −(1/|J|) Σ_{t ∈ J} log p_θ(x_t | x_<t)                     sft_loss     (stage 1, §3.1)
     L_rmt = −log σ(U(C, J+) − U(C, J−))                               rm_loss      (stage 2, §3.2)
-    L_pre = −Σ_t w_t [y_t log σ(s_t) + (1 − y_t) log(1 − σ(s_t))] / Σ_t w_t   membership_loss (U's pretext)
     L_π   = −E[min(ρ_t A_t, clip(ρ_t, 1 ± ε) A_t)],  ρ_t = π/π_old     policy_loss  (stage 3, §3.3)
     L_V   = ½ E[max((V − R)², (clip(V, V_old ± ε_v) − R)²)]           value_loss   (stage 3, §3.3)
     L_M   = −E[y log σ(M) + (1 − y) log(1 − σ(M))]                     match_loss   (stage 4, §3.4)
@@ -37,21 +36,6 @@ def rm_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, margin: float = 0.0, cente
     with coefficient η keeps rewards near zero mean, since the pairwise term sees only differences.
     """
     return -F.logsigmoid(r_pos - r_neg - margin).mean() + center_coef * ((r_pos + r_neg) ** 2).mean()
-
-
-def membership_loss(scores: torch.Tensor, in_cv: torch.Tensor, weights: torch.Tensor,
-                    reduction: str = "mean") -> torch.Tensor:
-    """L_pre = −Σ_t w_t [y_t log σ(s_t) + (1 − y_t) log(1 − σ(s_t))] / Σ_t w_t   (U's pretext; not in the paper)
-
-    s_t [B, T]: U's head read at every position of template(C, J) + EOS; y_t = 1 where the token at t is
-    one of C's tokens; w_t its IDF over the market's JDs at J's tokens and 0 elsewhere (the prompt,
-    padding), so that what every JD says counts for nothing and the rare tokens that carry fit (a city, a
-    skill) count most. At the EOS, w_t = 0, or with --pretext-overlap a soft y_t: how much of J C holds
-    (girl/reward.py membership_example). reduction="sum" gives Σ_t w_t·BCE_t, to divide by the weight of
-    several micro-batches.
-    """
-    loss = F.binary_cross_entropy_with_logits(scores.float(), in_cv.float(), weight=weights, reduction="sum")
-    return loss / weights.sum() if reduction == "mean" else loss
 
 
 def match_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -131,8 +131,7 @@ def test_sft_fsdp_resumes_exactly(world, tmp_path):
 
 
 RM_ARGS = ["--data", "data/rm_train.jsonl", "--eval-data", "data/rm_val.jsonl", "--lang", "en", "--warmup", "1",
-           "--eval-every", "2", "--log-every", "1", "--pretext-steps", "2", "--pretext-coef", "0.5",
-           "--pretext-overlap", "1"]  # the pretext (U(C, J) learning J's overlap with C too), then L_rmt + L_pre/2
+           "--eval-every", "2", "--log-every", "1"]
 
 
 def rm_args(world, *extra):
@@ -142,17 +141,16 @@ def rm_args(world, *extra):
 
 @pytest.fixture(scope="module")
 def rm_one(world):
-    """U after the pretext and one step of L_rmt (the start the distance is measured from) and one process's
-    2 + 2 steps, batch 8."""
+    """U after one step of L_rmt (the start the distance is measured from) and one process's 4 steps, batch 8."""
     python(*rm_args(world, "--batch-size", "8", "--max-steps", "1", "--out", world / "rm-start"))
-    r = python(*rm_args(world, "--batch-size", "8", "--max-steps", "2", "--out", world / "rm-one"))
+    r = python(*rm_args(world, "--batch-size", "8", "--max-steps", "4", "--out", world / "rm-one"))
     return world / "rm-one", r.stdout
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_rm_two_processes_equal_one(world, rm_one, tmp_path, parallel):
     one = rm_one[0]
-    two = torchrun(*rm_args(world, "--batch-size", "4", "--max-steps", "2", "--out", tmp_path / "two",
+    two = torchrun(*rm_args(world, "--batch-size", "4", "--max-steps", "4", "--out", tmp_path / "two",
                             *(["--fsdp"] if parallel == "fsdp" else [])))
     start = world / "rm-start-last"
     assert_same_run(one, tmp_path / "two", weights(start), rm_one[1], two.stdout, 1e-2)
@@ -174,7 +172,7 @@ def ppo_init(world):
            "--eval-every", "30", "--oracle-cvs", "0", "--out", world / "g1")
     python(ROOT / "train_rm.py", "--sft", world / "g1", "--data", world / "data" / "rm_train.jsonl", "--eval-data",
            world / "data" / "rm_val.jsonl", "--lang", "en", "--feedback", "log", "--samples-per-cv", "0",
-           "--pretext-steps", "0", "--max-steps", "2", "--eval-every", "2", "--out", world / "u1")
+           "--max-steps", "2", "--eval-every", "2", "--out", world / "u1")
     return world
 
 

@@ -14,7 +14,7 @@ import torch
 
 from girl import market, ranking
 from girl.cli import prompts_for
-from girl.data import right_pad, sft_example
+from girl.data import right_pad
 from girl.evaluation import sample_jds
 from girl.lexical import TfIdf
 from girl.lm.checkpoint import load_model, save_model
@@ -22,7 +22,7 @@ from girl.lm.model import Config, RewardModel, Transformer
 from girl.lm.sampling import decoded, generate, response_logprobs, rollout
 from girl.lm.tokenizer import Tokenizer
 from girl.market.world import compatibility
-from girl.reward import u_scores
+from girl.reward import u_input, u_scores
 from girl.template import prompt_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_rank_with_u_sorts_by_u_and_reports_its_scores(world):
     U, tok = load_model(world / "ckpt" / "rm", RewardModel), Tokenizer.from_pretrained(world / "ckpt" / "rm")
     with torch.no_grad():
         for jd in jds:  # U(C, J′) computed directly, one sequence without padding
-            ids = sft_example(tok, CV, jd["jd"], "en", U.config.max_seq_len)[0]["input_ids"]
+            ids = u_input(tok, CV, jd["jd"], "en", U.config.max_seq_len)[0]
             direct = U(*right_pad([ids], tok.pad_id)).item()
             assert jd["u_score"] == pytest.approx(direct, rel=1e-5, abs=1e-5)
 

@@ -3,6 +3,7 @@ learns a toy preference, round-trips through its folder, and L_rmt matches hand 
 
 import json
 import math
+import random
 import shutil
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from girl.files import CheckpointError
 from girl.lm.checkpoint import load_model, save_model
 from girl.lm.model import Config, RewardModel, last_token_index
 from girl.lm.tokenizer import Tokenizer
-from girl.losses import membership_loss, rm_loss
-from girl.reward import best_of_n, membership_batch, membership_example, token_idf, token_scores, u_input, u_scores
-from girl.template import prompt_ids
+from girl.losses import rm_loss
+from girl.reward import (SHARED, best_of_n, encode_triples, pair_scores, shared_tokens, token_scores, u_input, u_scores,
+                         u_tokens)
+from girl.template import TEMPLATE, prompt_ids
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["llama", "qwen2", "gpt2"]
@@ -37,44 +39,55 @@ def test_rm_loss_by_hand():
     assert rm_loss(r_pos, r_neg, center_coef=0.1).item() == pytest.approx(paper + centering, rel=1e-6)
 
 
-def test_membership_loss_by_hand():
-    """L_pre: BCE at each position weighted by w, over the weight; positions of weight 0 change nothing."""
-    s, y = torch.tensor([[2.0, -1.0, 0.5, 9.0]]), torch.tensor([[1.0, 0.0, 0.0, 1.0]])
-    w = torch.tensor([[0.5, 2.0, 1.0, 0.0]])
-    by_hand = 0.5 * sigmoid_nll(2.0) + 2.0 * sigmoid_nll(1.0) + 1.0 * sigmoid_nll(-0.5)
-    assert membership_loss(s, y, w, reduction="sum").item() == pytest.approx(by_hand, rel=1e-6)
-    assert membership_loss(s, y, w).item() == pytest.approx(by_hand / 3.5, rel=1e-6)
-    s[0, 3] = -9.0
-    assert membership_loss(s, y, w).item() == pytest.approx(by_hand / 3.5, rel=1e-6)
-
-
-def test_membership_targets_by_hand():
-    """The pretext's targets of (C, J): y_t = 1 where the token at t is one of C's, w_t = ln((1 + n) / (1 + df))
-    of J's token over the n JDs given, 0 on the prompt, the EOS and tokens no JD holds; the ids are U's input."""
+def test_u_reads_the_tokens_of_j_that_c_holds():
+    """U's input is template(C, J), the shared line (its heading, then J's tokens that C holds, each once, in J's
+    order), EOS; cut to max_len, a long CV gives way and J and the shared line stay whole."""
+    assert shared_tokens([1, 2, 3], [3, 4, 3, 1, 5]) == [3, 1] and shared_tokens([1], [2]) == []
     words = ["java", "shanghai", "nurse", "beijing"]
     tok = Tokenizer.train([" ".join(words[i:] + words[:i]) for i in range(4)] * 20, 300)  # each word first and after a space
-    jds = ["java shanghai", "java beijing", "nurse beijing"]
-    idf = token_idf(tok, jds)
-    (java,), (shanghai,), (beijing,), (nurse,) = (tok.encode(w) for w in ("java", " shanghai", " beijing", "nurse"))
-    assert tok.encode("java shanghai") == [java, shanghai] and tok.encode("nurse shanghai") == [nurse, shanghai]
-    assert idf[java] == pytest.approx(math.log(4 / 3)) and idf[beijing] == pytest.approx(math.log(4 / 3))
-    assert idf[shanghai] == pytest.approx(math.log(4 / 2)) and idf[nurse] == pytest.approx(math.log(4 / 2))
-    ids, y, w = membership_example(tok, "nurse shanghai", "java shanghai", "en", 256, idf)
-    assert ids == u_input(tok, "nurse shanghai", "java shanghai", "en", 256)[0]
-    n = len(prompt_ids(tok, "nurse shanghai", "en")[0])
-    assert ids[n:] == [java, shanghai, tok.eos_id]
-    assert y[n:] == [0.0, 1.0, 0.0] and w[n:] == [idf[java], idf[shanghai], 0.0] and not any(w[:n])
-    assert y[:n].count(1.0) == [t in (nurse, shanghai) for t in ids[:n]].count(True) >= 2  # the CV in the prompt
-    # --pretext-overlap: at the EOS, the IDF-weighted share of J's tokens C holds, weighted 0.5 of J's tokens' all
-    same, y_o, w_o = membership_example(tok, "nurse shanghai", "java shanghai", "en", 256, idf, eos_weight=0.5)
-    assert same == ids and y_o[:-1] == y[:-1] and w_o[:-1] == w[:-1]
-    assert y_o[-1] == pytest.approx(idf[shanghai] / (idf[java] + idf[shanghai]))  # ln 2 / (ln 2 + ln 4/3) = 0.707
-    assert w_o[-1] == pytest.approx(0.5 * (idf[java] + idf[shanghai]))
-    ids2, y2, w2 = membership_example(tok, "java", "nurse beijing", "en", 256, idf)
-    batch_ids, mask, in_cv, weights = membership_batch([(ids, y, w), (ids2, y2, w2)], tok.pad_or_eos_id)
-    assert torch.equal(batch_ids[0, : len(ids)], torch.tensor(ids)) and mask.sum().item() == len(ids) + len(ids2)
-    assert in_cv[1, : len(ids2)].tolist() == y2 and weights[1, : len(ids2)].tolist() == pytest.approx(w2)
-    assert weights[mask == 0].abs().sum().item() == 0 and in_cv[mask == 0].abs().sum().item() == 0
+    java, shanghai, beijing, nurse = (tok.encode(w)[0] for w in ("java", " shanghai", " beijing", " nurse"))
+    cv, jd = "java nurse shanghai", "java shanghai beijing nurse shanghai"
+    assert tok.encode(cv) == [java, nurse, shanghai] and tok.encode(jd) == [java, shanghai, beijing, nurse, shanghai]
+    ids, cut = u_input(tok, cv, jd, "en", 256)
+    assert ids == prompt_ids(tok, cv, "en")[0] + tok.encode(jd) + tok.encode(SHARED["en"]) + [java, shanghai, nurse, tok.eos_id]
+    assert not cut and ids == u_tokens(tok, prompt_ids(tok, cv, "en")[0], tok.encode(jd), tok.encode(cv), "en")
+    long_cv = cv + " beijing" * 150  # now C holds beijing too
+    full = u_input(tok, long_cv, jd, "en", 1024)[0]
+    short, cut = u_input(tok, long_cv, jd, "en", len(full) - 10)
+    tail = tok.encode(jd) + tok.encode(SHARED["en"]) + [java, shanghai, beijing, nurse, tok.eos_id]
+    assert cut and len(short) == len(full) - 10 and short[-len(tail):] == tail == full[-len(tail):]
+
+
+def test_u_learns_whether_j_is_in_cs_city_from_what_it_reads():
+    """A preference no token of J shows alone: recruiters accept the JD in the CV's city. A 1-layer U trained
+    150 steps on U's inputs learns it (held-out pairs all right); on template(C, J) + EOS alone, as U read before
+    the shared line, it stays near chance (seen: 0.515)."""
+    cities = ["rome", "oslo", "lima", "kiev", "doha", "baku", "riga", "bern", "nice", "lyon", "cork", "graz"]
+    fill = ["python", "sql", "nurse", "years", "senior", "remote"]
+    g = random.Random(0)
+    template = "".join(TEMPLATE["en"].values()) + SHARED["en"]
+    tok = Tokenizer.train([template] * 20 + [" ".join(g.sample(cities + fill, 18)) for _ in range(100)], 700)
+    assert all(len(tok.encode(" " + w)) == 1 for w in cities + fill)
+
+    def triple():
+        city, other = g.sample(cities, 2)
+        cv = " ".join(g.sample(fill, 3) + [city] + g.sample(fill, 2))
+        jd = lambda c: " ".join(g.sample(fill, 2) + [c] + g.sample(fill, 2))  # noqa: E731
+        return {"cv": cv, "jd_pos": jd(city), "jd_neg": jd(other)}
+
+    torch.manual_seed(0)
+    U = RewardModel(Config(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64,
+                           max_seq_len=256))
+    opt = torch.optim.AdamW(U.parameters(), lr=3e-3)
+    test = encode_triples(tok, [triple() for _ in range(200)], "en", 256)[0]
+    for _ in range(150):
+        loss = rm_loss(*pair_scores(U, encode_triples(tok, [triple() for _ in range(32)], "en", 256)[0], tok.pad_or_eos_id))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        r_pos, r_neg = pair_scores(U, test, tok.pad_or_eos_id)
+    assert (r_pos > r_neg).float().mean().item() == 1.0
 
 
 def test_best_of_n_by_hand():
@@ -210,7 +223,7 @@ def test_several_labels_is_not_a_reward_model(tmp_path):
 
 
 def test_u_reads_g_tokens_as_it_reads_the_text():
-    """token_scores (PPO's reward: U reads G's own tokens) is U on template(C, J′) + EOS: for a J′ whose text
+    """token_scores (PPO's reward: U reads G's own tokens) is U on template(C, J′), the shared line, EOS: for a J′ whose text
     encodes back to the same tokens it equals u_scores of the text; for G's other spelling of the same text
     it scores the tokens G wrote, not the re-encoded ones."""
     tok = Tokenizer.train(["Skills: Python and SQL, 3 years", "Backend engineer, Python, Shanghai"] * 20, 300)
@@ -221,10 +234,11 @@ def test_u_reads_g_tokens_as_it_reads_the_text():
     prompts = [prompt_ids(tok, cv, "en")[0] for cv in cvs]
     canonical = [tok.encode(jd) for jd in jds]
     by_text = u_scores(U, tok, cvs, jds, "en")
-    by_tokens = token_scores(U, prompts, canonical, tok.eos_id, tok.pad_or_eos_id)
+    by_tokens = token_scores(U, tok, prompts, cvs, canonical, "en")
     assert torch.equal(by_tokens, by_text)  # the same sequences in the same batch
     spelled = [sum((tok.encode(ch) for ch in jd), []) for jd in jds]  # one token per character: same text
     assert [tok.decode(t) for t in spelled] == jds and spelled != canonical
     with torch.no_grad():
-        alone = torch.stack([U(torch.tensor([p + r + [tok.eos_id]]))[0] for p, r in zip(prompts, spelled)])
-    assert torch.allclose(token_scores(U, prompts, spelled, tok.eos_id, tok.pad_or_eos_id), alone, rtol=1e-5, atol=1e-6)
+        alone = torch.stack([U(torch.tensor([p + r + tok.encode(SHARED["en"]) + shared_tokens(tok.encode(c), r) + [tok.eos_id]]))[0]
+                             for p, c, r in zip(prompts, cvs, spelled)])
+    assert torch.allclose(token_scores(U, tok, prompts, cvs, spelled, "en"), alone, rtol=1e-5, atol=1e-6)

@@ -35,7 +35,7 @@ def init(tmp_path_factory):
     build(d / "data", "en", seed=0, n_jobs=100, seekers=dict(sft=40, rm=40, ppo=12, test=6, val=6))
     run(ROOT / "train_sft.py", "--market-dir", d / "data", "--lang", "en", "--max-steps", "4", "--eval-every", "4",
         "--oracle-cvs", "0", "--out", d / "ckpt" / "sft")
-    run(ROOT / "train_rm.py", "--market-dir", d / "data", "--lang", "en", "--feedback", "log", "--samples-per-cv", "0", "--pretext-steps", "0",
+    run(ROOT / "train_rm.py", "--market-dir", d / "data", "--lang", "en", "--feedback", "log", "--samples-per-cv", "0",
         "--sft", d / "ckpt" / "sft", "--max-steps", "2", "--eval-every", "2", "--out", d / "ckpt" / "rm")
     return d
 

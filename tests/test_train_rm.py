@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -20,8 +19,7 @@ from girl.lm.checkpoint import load_model
 from girl.lm.model import RewardModel
 from girl.lm.tokenizer import Tokenizer
 from girl.market import build
-from girl.reward import u_input, u_scores
-from girl.template import prompt_ids
+from girl.reward import u_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +41,7 @@ def market_and_g(tmp_path_factory):
 def test_train_rm_writes_a_reward_model_smaller_than_g(market_and_g, tmp_path):
     d = market_and_g
     r = run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", d / "data" / "rm_train.jsonl", "--eval-data",
-            d / "data" / "rm_val.jsonl", "--lang", "en", "--pretext-steps", "0", "--max-steps", "4", "--eval-every", "2",
+            d / "data" / "rm_val.jsonl", "--lang", "en", "--max-steps", "4", "--eval-every", "2",
             "--out", tmp_path / "rm")
     assert "eval loss" in r.stdout
     metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
@@ -59,8 +57,8 @@ def test_train_rm_writes_a_reward_model_smaller_than_g(market_and_g, tmp_path):
 
 def test_u_learns_a_preference_with_a_known_answer(market_and_g, tmp_path):
     """The market's triples with the answer written in: every accepted JD starts "Status: approved.", every
-    rejected one "Status: declined.". Ten steps must take held-out accuracy from chance to 1 and L_rmt from
-    ln 2 to near 0 (seen: 0.38 → 1.0, 0.698 → 0.0003), and the U saved must be the one that scores so."""
+    rejected one "Status: declined.". Fifteen steps must take held-out accuracy from chance to 1 and L_rmt from
+    ln 2 to near 0 (seen: 0.35 → 1.0, 0.704 → 0.016; after 10 steps 0.058), and the U saved must be the one that scores so."""
     d = market_and_g
     for split, name in (("train", "train"), ("val", "eval")):
         rows = [json.loads(line) for line in (d / "data" / f"rm_{split}.jsonl").read_text().splitlines()]
@@ -68,7 +66,7 @@ def test_u_learns_a_preference_with_a_known_answer(market_and_g, tmp_path):
             json.dumps({"cv": r["cv"], "jd_pos": "Status: approved. " + r["jd_pos"],
                         "jd_neg": "Status: declined. " + r["jd_neg"]}) + "\n" for r in rows))
     run(ROOT / "train_rm.py", "--sft", d / "sft", "--data", tmp_path / "train.jsonl", "--eval-data",
-        tmp_path / "eval.jsonl", "--lang", "en", "--pretext-steps", "0", "--max-steps", "10", "--eval-every", "5", "--out", tmp_path / "rm")
+        tmp_path / "eval.jsonl", "--lang", "en", "--max-steps", "15", "--eval-every", "5", "--out", tmp_path / "rm")
     metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
     assert metrics["initial_eval_loss"] > 0.6 and metrics["initial_eval_accuracy"] < 0.7
     assert metrics["eval_loss"] < 0.05 and metrics["eval_accuracy"] == 1.0
@@ -97,8 +95,8 @@ def test_feedback_on_samples_needs_comparisons(market_and_g, tmp_path):
     --feedback samples has nothing to learn from and says so; --feedback both falls back on the log."""
     d = market_and_g
     common = ["--market-dir", d / "data", "--lang", "en", "--sft", d / "sft", "--sample-cvs", "4",
-              "--samples-per-cv", "2", "--max-new-tokens", "8", "--pretext-steps", "0", "--max-steps", "2", "--eval-every", "2"]
-    r = run(ROOT / "train_rm.py", *common, "--random-jobs", "0", "--out", tmp_path / "s", check=False)
+              "--samples-per-cv", "2", "--max-new-tokens", "8", "--max-steps", "2", "--eval-every", "2"]
+    r = run(ROOT / "train_rm.py", *common, "--feedback", "samples", "--out", tmp_path / "s", check=False)
     assert r.returncode == 2 and "no training triples" in r.stderr and "--feedback log" in r.stderr
     assert not (tmp_path / "s").exists()
     r = run(ROOT / "train_rm.py", *common, "--feedback", "both", "--out", tmp_path / "b")
@@ -117,7 +115,7 @@ def test_u_learns_from_random_jobs_and_stands_beside_the_lexical_reference(marke
     the validation seekers: each number recomputed here from the U saved and the market's files."""
     d = market_and_g
     r = run(ROOT / "train_rm.py", "--market-dir", d / "data", "--lang", "en", "--sft", d / "sft", "--feedback", "log",
-            "--random-jobs", "2", "--pretext-steps", "0", "--max-steps", "2", "--eval-every", "2", "--report-seekers", "10", "--candidates", "5", "--out", tmp_path / "rm")
+            "--random-jobs", "2", "--max-steps", "2", "--eval-every", "2", "--report-seekers", "10", "--candidates", "5", "--out", tmp_path / "rm")
     metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
     read = lambda name: [json.loads(line) for line in (d / "data" / f"{name}.jsonl").read_text().splitlines()]
     train, val = read("rm_train"), read("rm_val")
@@ -156,85 +154,31 @@ def test_u_learns_from_random_jobs_and_stands_beside_the_lexical_reference(marke
     assert on_jobs["U"]["ndcg@10"] == pytest.approx(float(np.nanmean(ndcg)), rel=1e-9)
 
 
-def pretext_command(d, out, *extra):
+def rm_command(d, out, *extra):
     return [sys.executable, "-u", str(ROOT / "train_rm.py"), "--sft", str(d / "sft"), "--data",
             str(d / "data" / "rm_train.jsonl"), "--eval-data", str(d / "data" / "rm_val.jsonl"), "--lang", "en",
-            "--batch-size", "8", "--pretext-steps", "6", "--max-steps", "3", "--eval-every", "3", "--log-every", "1",
-            "--out", str(out), *extra]
+            "--batch-size", "8", "--max-steps", "6", "--eval-every", "3", "--log-every", "1", "--out", str(out), *extra]
 
 
-def test_a_signal_in_the_pretext_saves_and_resume_goes_on_exactly(market_and_g, tmp_path):
-    """Ctrl-C during the pretext: the step is finished and saved, and --resume goes on with the pretext where it
-    stopped, then L_rmt, ending with the uninterrupted run's weights bit for bit. A run killed after the pretext
-    (before L_rmt's first save) resumes after it: the pretext is never done twice."""
+def test_a_signal_saves_and_resume_goes_on_exactly(market_and_g, tmp_path):
+    """Ctrl-C in L_rmt's step 2 of 6: the step is finished and saved, and --resume goes on where it stopped, ending
+    with the uninterrupted run's weights bit for bit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(pretext_command(market_and_g, tmp_path / "a"), check=True, env=env, capture_output=True, timeout=300)
-    proc = subprocess.Popen(pretext_command(market_and_g, tmp_path / "b"), stdout=subprocess.PIPE,
+    subprocess.run(rm_command(market_and_g, tmp_path / "a"), check=True, env=env, capture_output=True, timeout=300)
+    proc = subprocess.Popen(rm_command(market_and_g, tmp_path / "b"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:
-        if line.startswith("step 2/9"):
+        if line.startswith("step 2/6"):
             proc.send_signal(signal.SIGINT)
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
     state = json.loads((tmp_path / "b-last" / "trainer_state.json").read_text())
-    assert 2 <= state["step"] < 6 and f"stopped by SIGINT after step {state['step']} (pretext)" in out
-    done = subprocess.run(pretext_command(market_and_g, tmp_path / "b", "--resume"), check=True, env=env,
+    assert 2 <= state["step"] < 6 and f"stopped by SIGINT after step {state['step']}" in out
+    done = subprocess.run(rm_command(market_and_g, tmp_path / "b", "--resume"), check=True, env=env,
                           capture_output=True, text=True, timeout=300)
     assert f"resuming at step {state['step']}" in done.stdout
-    assert sum(line.startswith("step ") and "pretext_loss" in line for line in done.stdout.splitlines()) == 6 - state["step"]
+    assert sum(line.startswith("step ") for line in done.stdout.splitlines()) == 6 - state["step"]
     a, b = (load_file(str(tmp_path / f / "model.safetensors")) for f in ("a-last", "b-last"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert metrics["steps"] == 9 and metrics["pretext_steps"] == 6
-    # killed (kill -9) in L_rmt's first step, before its first evaluation: the state saved at the pretext's end
-    proc = subprocess.Popen(pretext_command(market_and_g, tmp_path / "c"), stdout=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:
-        if line.startswith("step 7/9"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert json.loads((tmp_path / "c-last" / "trainer_state.json").read_text())["step"] == 6
-
-
-def test_pretext_overlap_gives_the_eos_a_target_of_its_own(market_and_g, tmp_path):
-    """--pretext-overlap: the first pretext step of the same U on the same triples has another loss (the EOS's
-    target joins J's tokens') and the same accuracy (which is of J's tokens alone)."""
-    first = {}
-    for overlap in ("0", "1"):
-        r = subprocess.run(pretext_command(market_and_g, tmp_path / overlap, "--pretext-steps", "1", "--max-steps", "1",
-                                           "--eval-every", "1", "--report-seekers", "0", "--pretext-overlap", overlap),
-                           check=True, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        line = next(x for x in r.stdout.splitlines() if x.startswith("step 1/2 "))
-        first[overlap] = {k: float(v) for k, v in re.findall(r"(pretext_loss|acc) (\S+)", line)}
-    assert first["0"]["acc"] == first["1"]["acc"] and abs(first["0"]["pretext_loss"] - first["1"]["pretext_loss"]) > 1e-3, first
-
-
-def membership_accuracy(u, tok, rows):
-    """The share of J's tokens (its EOS aside) whose membership in C U's head, read at each, gets right."""
-    right = []
-    for r in rows:
-        for jd in (r["jd_pos"], r["jd_neg"]):
-            ids = u_input(tok, r["cv"], jd, "en", 256)[0]
-            n, cv_tokens = len(prompt_ids(tok, r["cv"], "en")[0]), set(tok.encode(r["cv"]))
-            with torch.no_grad():
-                said = u(torch.tensor([ids]), every_position=True)[0, n:-1] > 0
-            right += [bool(s) == (t in cv_tokens) for s, t in zip(said.tolist(), ids[n:-1])]
-    return sum(right) / len(right)
-
-
-def test_the_pretext_teaches_u_which_of_js_tokens_c_holds(market_and_g, tmp_path):
-    """U's head read at J's tokens says whether C holds each, on held-out triples, after 40 pretext steps (and one
-    step of L_rmt), or after 40 steps of L_rmt with the pretext's loss kept on beside it (--pretext-coef); 40 steps
-    of L_rmt alone do not teach it (seen: 0.79, 0.82; 0.45)."""
-    d = market_and_g
-    val = [json.loads(line) for line in (d / "data" / "rm_val.jsonl").read_text().splitlines()]
-    acc = {}
-    for pretext, coef, steps in ((40, 0, 1), (0, 1, 40), (0, 0, 40)):
-        out = tmp_path / f"{pretext}-{coef}-{steps}"
-        subprocess.run(pretext_command(d, out, "--pretext-steps", str(pretext), "--pretext-coef", str(coef),
-                                       "--max-steps", str(steps), "--eval-every", str(steps), "--warmup", "1"),
-                       check=True, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        u, tok = load_model(out, RewardModel), Tokenizer.from_pretrained(out)
-        acc[pretext, coef, steps] = membership_accuracy(u, tok, val)
-    assert min(acc[40, 0, 1], acc[0, 1, 40]) > 0.7 > 0.6 > acc[0, 0, 40], acc
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 6

@@ -38,7 +38,7 @@ def test_the_training_scripts_never_open_the_test_seekers(poisoned):
     for script, extra in (
             ("train_sft.py", ["--max-steps", "2", "--eval-every", "1", "--oracle-cvs", "4", "--max-new-tokens", "8",
                               "--out", d / "ckpt" / "sft"]),
-            ("train_rm.py", ["--sft", d / "ckpt" / "sft", "--feedback", "both", "--max-steps", "2", "--pretext-steps", "0", "--eval-every", "1", "--samples-per-cv", "2",
+            ("train_rm.py", ["--sft", d / "ckpt" / "sft", "--feedback", "both", "--max-steps", "2", "--eval-every", "1", "--samples-per-cv", "2",
                              "--sample-cvs", "8", "--max-new-tokens", "8", "--out", d / "ckpt" / "rm"]),
             ("train_ppo.py", ["--init", d / "ckpt", "--iterations", "1", "--batch-size", "4", "--minibatch-size", "2",
                               "--max-new-tokens", "8", "--eval-cvs", "4", "--out", d / "ckpt" / "ppo"])):

@@ -246,7 +246,7 @@ def last_token_index(attention_mask, B: int, T: int, device):
 
 class RewardModel(nn.Module):
     """U(C, J) -> R (GIRL §3.2): a Transformer without its LM head, and a linear head from the hidden state
-    of the last real token of template(C, J) + EOS to one scalar.
+    of the last real token of U's input (template(C, J), the shared line, EOS; girl/reward.py) to one scalar.
 
     Saved as a Hugging Face *ForSequenceClassification folder with num_labels = 1 (head = "score").
     """
