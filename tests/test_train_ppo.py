@@ -118,8 +118,8 @@ def test_k3_and_the_adaptive_beta_are_used_and_resumed(init, uninterrupted, tmp_
     k3, k1 = read(tmp_path / "a"), read(uninterrupted)
     assert k3[0]["kl"] == k1[0]["kl"] == 0.0 and k3[1]["kl"] != k1[1]["kl"] and k3[1]["kl"] >= 0  # k3 >= 0 per token
     betas = [line["kl_coef"] for line in k3]
-    assert betas[0] == 0.05 and len(set(betas)) == 3  # β moved at every iteration (KL 0 < target: down by 0.2·4/50)
-    assert betas[1] == pytest.approx(0.05 * (1 - 0.2 * 4 / 50), rel=1e-12)
+    assert betas[0] == 0.2 and len(set(betas)) == 3  # the default β; it moved at every iteration (KL 0 < target: down by 0.2·4/50)
+    assert betas[1] == pytest.approx(0.2 * (1 - 0.2 * 4 / 50), rel=1e-12)
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["final_kl_coef"] == \
         json.loads((tmp_path / "a" / "metrics.json").read_text())["final_kl_coef"]
 
