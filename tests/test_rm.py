@@ -146,6 +146,22 @@ def test_save_reload_identical_scores(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_u_saved_before_the_shared_line_is_refused(tmp_path):
+    """A U this project saves records what it was trained to read; one of ours without that record (saved before
+    U read the shared line) is refused with what to do, while a reward model made elsewhere loads."""
+    u = load_model(FIXTURES / "tiny-llama-rm", RewardModel)
+    tok = Tokenizer.train(["java shanghai nurse beijing"] * 20, 300)
+    save_model(tmp_path / "u", u, tok)
+    config = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert config["girl_u_reads"] == "template, shared line, EOS"
+    load_model(tmp_path / "u", RewardModel)
+    del config["girl_u_reads"]
+    (tmp_path / "u" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: a U this project saved before U read the line .* python train_rm.py"):
+        load_model(tmp_path / "u", RewardModel)
+    assert "girl_u_reads" not in json.loads((FIXTURES / "tiny-llama-rm" / "config.json").read_text())
+
+
 def test_reward_model_from_a_language_model():
     """U started from an LM: the LM's backbone exactly, a new head, no LM head; an LM folder is refused where a
     trained U is expected."""

@@ -26,6 +26,10 @@ from girl.lm.hf import config_from_hf, config_to_hf, hf_layout, hf_name, ignorab
 from girl.lm.model import Config, RewardModel, Transformer
 from girl.lm.tokenizer import VOCAB_KEY
 
+# config.json of a U this project trains: what it was trained to read (girl/reward.py builds it). A U saved before
+# U read the shared line (issue 22) lacks it, and would score inputs it never saw
+U_READS_KEY, U_READS = "girl_u_reads", "template, shared line, EOS"
+
 __all__ = ["CheckpointError", "load_model", "load_optimizer", "open_folder", "save_model", "train_args"]
 
 # ----------------------------------------------------------------------------- loading
@@ -134,6 +138,11 @@ def load_model(name_or_path, cls=Transformer, dtype=None, device=None):
             if holds_reward_model else
             f"{folder} holds a language model, not a reward model (no ...ForSequenceClassification in config.json): "
             "pass U's folder, as train_rm.py writes it")
+    hf = read_json(folder / "config.json")
+    if score_head and VOCAB_KEY in hf and hf.get(U_READS_KEY) != U_READS:
+        raise CheckpointError(
+            f"{folder / 'config.json'}: a U this project saved before U read the line of J's tokens that C holds "
+            "(girl/reward.py, issue 22); it would score inputs it never saw: train it again with python train_rm.py")
     device = torch.device(device or "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -190,7 +199,8 @@ def save_model(folder, model, tokenizer=None, args=None, metrics: dict | None = 
         dtype = next(model.parameters()).dtype
         save_file(to_hf(weights, model.config, score_head), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         vocab = {VOCAB_KEY: tokenizer.vocab_digest} if tokenizer is not None else {}  # which tokenizer the rows are of
-        write_json(tmp / "config.json", config_to_hf(model.config, dtype, score_head) | vocab)
+        reads = {U_READS_KEY: U_READS} if score_head and tokenizer is not None else {}
+        write_json(tmp / "config.json", config_to_hf(model.config, dtype, score_head) | vocab | reads)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if args is not None:
