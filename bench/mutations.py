@@ -272,7 +272,7 @@ FAULTS = [
      "    return prompt + jd_ids + [tok.eos_id]", "U reads template(C, J) alone, without the shared line",
      "tests/test_rm.py::test_u_learns_whether_j_is_in_cs_city_from_what_it_reads "
      "tests/test_rm.py::test_u_reads_the_tokens_of_j_that_c_holds"),
-    ("girl/lm/checkpoint.py", "    if score_head and VOCAB_KEY in hf and hf.get(U_READS_KEY) != U_READS:", "    if False:",
+    ("girl/lm/checkpoint.py", "    if is_reward_model and VOCAB_KEY in hf and hf.get(U_READS_KEY) != U_READS:", "    if False:",
      "a U saved before the shared line loads", "tests/test_rm.py::test_a_u_saved_before_the_shared_line_is_refused"),
     ("girl/reward.py", "    return list(dict.fromkeys(t for t in jd_ids if t in cv))", "    return [t for t in jd_ids if t in cv]",
      "the shared line repeats J's tokens", "tests/test_rm.py::test_u_reads_the_tokens_of_j_that_c_holds"),

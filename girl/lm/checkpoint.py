@@ -53,6 +53,10 @@ def open_folder(name_or_path) -> tuple[Path, Config, bool]:
     is_reward_model = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
     if is_reward_model and hf.get("num_labels", len(hf.get("id2label") or {0: 0})) != 1:
         raise CheckpointError(f"{path}: a sequence classifier with several labels is not a reward model (num_labels must be 1)")
+    if is_reward_model and VOCAB_KEY in hf and hf.get(U_READS_KEY) != U_READS:
+        raise CheckpointError(
+            f"{path}: a U this project saved before U read the line of J's tokens that C holds (girl/reward.py, "
+            "issue 22); it would score inputs it never saw: train it again with python train_rm.py")
     return folder, config, is_reward_model
 
 
@@ -138,11 +142,6 @@ def load_model(name_or_path, cls=Transformer, dtype=None, device=None):
             if holds_reward_model else
             f"{folder} holds a language model, not a reward model (no ...ForSequenceClassification in config.json): "
             "pass U's folder, as train_rm.py writes it")
-    hf = read_json(folder / "config.json")
-    if score_head and VOCAB_KEY in hf and hf.get(U_READS_KEY) != U_READS:
-        raise CheckpointError(
-            f"{folder / 'config.json'}: a U this project saved before U read the line of J's tokens that C holds "
-            "(girl/reward.py, issue 22); it would score inputs it never saw: train it again with python train_rm.py")
     device = torch.device(device or "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
